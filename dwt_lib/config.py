@@ -1,0 +1,418 @@
+"""Typed, frozen configuration loaded from ``params/<profile>.yaml``.
+
+A profile is a YAML file. It may say ``extends: <other profile>`` and then list only its
+differences; mappings merge key by key, everything else (lists, scalars) replaces.
+``load_params`` validates every key against the dataclasses below and raises one
+:class:`ConfigError` naming the file and the key path, e.g.
+``params/smoke.yaml: pretrain.lr: expected a positive number, got -1``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
+
+
+class ConfigError(ValueError):
+    """A params file (or an override) is invalid; the message names file and key path."""
+
+
+# ----------------------------------------------------------------------------- schema
+
+@dataclass(frozen=True)
+class CorpusSource:
+    id: str                                 # Hub id, resolved through $DWT_DATA_DIR first
+    config: Optional[str] = None            # Hub dataset config (e.g. "20231101.en")
+    split: str = "train"
+    text_column: str = "text"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    corpora: tuple[CorpusSource, ...] = ()
+    sample_every: int = 4                   # keep 1 sentence in every N (paper: 4)
+    max_documents: Optional[int] = None     # per corpus, first N documents (small profiles)
+    max_sentences: Optional[int] = None     # after sampling, whole corpus
+    validation_fraction: float = 0.01       # of documents, split by document
+    tokenizer: str = "google-bert/bert-base-uncased"   # a Hub id, or "train" (WordPiece)
+    vocab_size: int = 30522                 # used when tokenizer == "train"
+    max_seq_length: int = 128
+    mlm_probability: float = 0.15
+    num_proc: Optional[int] = None          # None = all cores
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    student: str = "paper-student"
+    teachers: dict = field(default_factory=dict)        # role -> size name
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-6
+    warmup_fraction: float = 0.05
+    epochs: float = 20.0
+    max_steps: Optional[int] = None         # overrides epochs when set
+    batch_size_per_device: int = 16
+    grad_accum_steps: int = 1
+    max_grad_norm: float = 1.0
+    precision: str = "bf16"                 # "fp32" | "bf16"
+    seed: int = 42
+    log_every: int = 50
+    eval_every: int = 1000
+    eval_batches: int = 50
+    checkpoint_every: int = 1000
+    snapshot_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    alpha_hard: float = 1.0
+    alpha_soft: dict = field(default_factory=lambda: {"kind": "constant", "value": 1.0})
+    temperature: dict = field(default_factory=lambda: {"kind": "constant", "value": 1.0})
+    soft_loss_positions: str = "masked"     # "masked" | "all"
+    scale_by_t2: bool = True
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    tasks: tuple[str, ...] = ("mnli", "qqp", "qnli", "sst2", "cola", "stsb", "mrpc")
+    lr: float = 2e-5
+    epochs: float = 3.0
+    epochs_per_task: dict = field(default_factory=lambda: {"mrpc": 5.0})
+    batch_size: int = 32
+    max_seq_length: int = 128
+    weight_decay: float = 0.0
+    warmup_fraction: float = 0.0
+    seeds: tuple[int, ...] = (1,)
+    max_train_examples: Optional[int] = None
+    max_eval_examples: Optional[int] = None
+    precision: str = "bf16"
+    source: str = "nyu-mll/glue"
+
+
+@dataclass(frozen=True)
+class StudiesConfig:
+    teacher_quality: tuple[str, ...] = ("weak", "very_weak", "extremely_weak")
+    soft_weight: dict = field(default_factory=dict)     # variant name -> schedule spec
+    soft_weight_tasks: tuple[str, ...] = ("mnli", "cola", "qqp", "sst2")
+    param_remap_teacher: str = "weak"
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    num_processes: int = 1
+    accelerate_config: Optional[str] = None  # path under params/accelerate/
+    device: str = "auto"                     # "auto" | "cpu" | "cuda"
+    num_threads: Optional[int] = None        # torch intra-op threads (None = default)
+
+
+@dataclass(frozen=True)
+class Config:
+    profile: str = "paper"
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    studies: StudiesConfig = field(default_factory=StudiesConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict of the whole config (tuples become lists)."""
+        return _jsonable(dataclasses.asdict(self))
+
+    def short_hash(self, n: int = 10) -> str:
+        """Stable hash of the config: sha256 of its canonical JSON (sorted keys).
+
+        Independent of key order in YAML, of the process (no ``hash()``), and of the
+        profile name, so two profiles that resolve to the same values share runs.
+        """
+        d = self.to_dict()
+        d.pop("profile", None)
+        d.pop("description", None)
+        return stable_hash(d, n)
+
+    def replace(self, **overrides: Any) -> "Config":
+        """A copy with dotted-key overrides applied and validated, e.g. ``{"pretrain.lr": 1e-3}``."""
+        raw = self.to_dict()
+        for k, v in overrides.items():
+            _set_dotted(raw, k, v, "<override>")
+        return _build(Config, raw, "<override>", "")
+
+
+def stable_hash(obj: Any, n: int = 10) -> str:
+    """sha256 of the canonical JSON of ``obj`` (sorted keys, no whitespace), first ``n`` hex digits."""
+    s = json.dumps(_jsonable(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(s.encode()).hexdigest()[:n]
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if dataclasses.is_dataclass(x):
+        return _jsonable(dataclasses.asdict(x))
+    return x
+
+
+# ----------------------------------------------------------------------------- loading
+
+def resolve_params_path(name_or_path: str | Path) -> Path:
+    """``smoke`` -> ``params/smoke.yaml``; an existing path is returned as is."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    return PARAMS_DIR / f"{name_or_path}.yaml"
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    if not path.exists():
+        avail = ", ".join(sorted(q.stem for q in PARAMS_DIR.glob("*.yaml")))
+        where = f"{chain[-1]}: extends: " if chain else ""
+        raise ConfigError(f"{where}params file not found: {path} (profiles in {PARAMS_DIR}: {avail})")
+    if path.resolve() in [c.resolve() for c in chain]:
+        raise ConfigError(f"{path}: extends: cycle through {' -> '.join(map(str, chain))}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    ppath = resolve_params_path(parent) if not Path(str(parent)).is_absolute() else Path(parent)
+    if not ppath.exists() and not Path(str(parent)).suffix:
+        ppath = path.parent / f"{parent}.yaml"
+    base = _read_yaml(ppath, chain + (path,))
+    return _merge(base, raw)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in _REPLACE_WHOLE:
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+# Schedule specs replace as a whole: merging {kind: linear} into {kind: constant, value: 1}
+# would leave a stray "value" key.
+_REPLACE_WHOLE = {"alpha_soft", "temperature"}
+
+
+def _set_dotted(raw: dict, key: str, value: Any, src: str) -> None:
+    parts = key.split(".")
+    d = raw
+    for p in parts[:-1]:
+        if not isinstance(d.get(p), dict):
+            raise ConfigError(f"{src}: {key}: unknown key path")
+        d = d[p]
+    d[parts[-1]] = value
+
+
+def load_params(name_or_path: str | Path = "smoke", overrides: Optional[dict] = None) -> Config:
+    """Load a profile (name like ``smoke`` or a path to a YAML file) into a frozen :class:`Config`.
+
+    ``overrides`` maps dotted keys to values (``{"pretrain.max_steps": 10}``) and is applied
+    after ``extends`` is resolved. Unknown keys, wrong types and impossible values raise
+    :class:`ConfigError` with the file and key path.
+    """
+    path = resolve_params_path(name_or_path)
+    raw = _read_yaml(path)
+    raw.setdefault("profile", path.stem)
+    src = _display(path)
+    if overrides:
+        for k, v in overrides.items():
+            try:
+                _set_dotted(raw, k, v, "overrides")
+            except ConfigError:
+                raise ConfigError(f"overrides: {k}: unknown key path (profile {src})") from None
+        src = f"{src} (with overrides {sorted(overrides)})"
+    return _build(Config, raw, src, "")
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(PARAMS_DIR.parent))
+    except ValueError:
+        return str(path)
+
+
+def _build(cls: type, raw: Any, src: str, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{src}: {prefix or '<top>'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        k = unknown[0]
+        raise ConfigError(f"{src}: {prefix}{k}: unknown key (allowed: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(hints[k], v, src, f"{prefix}{k}") for k, v in raw.items()}
+    obj = cls(**kwargs)
+    _check_values(obj, src, prefix)
+    return obj
+
+
+def _coerce(tp: Any, v: Any, src: str, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if v is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], v, src, key)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, v, src, key + ".")
+    if origin is tuple:
+        if not isinstance(v, (list, tuple)):
+            raise ConfigError(f"{src}: {key}: expected a list, got {v!r}")
+        return tuple(_coerce(args[0], x, src, f"{key}[{i}]") for i, x in enumerate(v))
+    if tp is dict:
+        if not isinstance(v, dict):
+            raise ConfigError(f"{src}: {key}: expected a mapping, got {v!r}")
+        return dict(v)
+    if tp is bool:
+        if not isinstance(v, bool):
+            raise ConfigError(f"{src}: {key}: expected true or false, got {v!r}")
+        return v
+    if tp is int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"{src}: {key}: expected an integer, got {v!r}")
+        return v
+    if tp is float:
+        if isinstance(v, str):  # YAML 1.1 reads "5e-4" as a string
+            try:
+                v = float(v)
+            except ValueError:
+                pass
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{src}: {key}: expected a number, got {v!r}")
+        return float(v)
+    if tp is str:
+        if not isinstance(v, str):
+            raise ConfigError(f"{src}: {key}: expected a string, got {v!r}")
+        return v
+    return v
+
+
+def _fail(src: str, key: str, what: str, got: Any) -> None:
+    raise ConfigError(f"{src}: {key}: expected {what}, got {got!r}")
+
+
+def _check_values(obj: Any, src: str, prefix: str) -> None:
+    """Impossible values, per section."""
+    p = prefix
+    if isinstance(obj, PretrainConfig):
+        for k in ("lr", "epochs", "adam_eps", "max_grad_norm"):
+            if getattr(obj, k) <= 0:
+                _fail(src, p + k, "a positive number", getattr(obj, k))
+        for k in ("batch_size_per_device", "grad_accum_steps", "log_every", "eval_every",
+                  "checkpoint_every", "eval_batches"):
+            if getattr(obj, k) < 1:
+                _fail(src, p + k, "an integer >= 1", getattr(obj, k))
+        if obj.max_steps is not None and obj.max_steps < 1:
+            _fail(src, p + "max_steps", "an integer >= 1 or null", obj.max_steps)
+        if not 0 <= obj.warmup_fraction < 1:
+            _fail(src, p + "warmup_fraction", "a fraction in [0, 1)", obj.warmup_fraction)
+        if obj.weight_decay < 0:
+            _fail(src, p + "weight_decay", "a number >= 0", obj.weight_decay)
+        if obj.precision not in ("fp32", "bf16"):
+            _fail(src, p + "precision", "one of fp32, bf16", obj.precision)
+        if any(not 0 < f <= 1 for f in obj.snapshot_fractions):
+            _fail(src, p + "snapshot_fractions", "fractions in (0, 1]", list(obj.snapshot_fractions))
+    elif isinstance(obj, DataConfig):
+        if obj.sample_every < 1:
+            _fail(src, p + "sample_every", "an integer >= 1", obj.sample_every)
+        if not 0 < obj.mlm_probability < 1:
+            _fail(src, p + "mlm_probability", "a probability in (0, 1)", obj.mlm_probability)
+        if not 0 < obj.validation_fraction < 1:
+            _fail(src, p + "validation_fraction", "a fraction in (0, 1)", obj.validation_fraction)
+        if obj.max_seq_length < 8:
+            _fail(src, p + "max_seq_length", "an integer >= 8", obj.max_seq_length)
+        if obj.vocab_size < 100:
+            _fail(src, p + "vocab_size", "an integer >= 100", obj.vocab_size)
+        if not obj.corpora:
+            _fail(src, p + "corpora", "at least one corpus", [])
+    elif isinstance(obj, DistillConfig):
+        if obj.alpha_hard < 0:
+            _fail(src, p + "alpha_hard", "a number >= 0", obj.alpha_hard)
+        if obj.soft_loss_positions not in ("masked", "all"):
+            _fail(src, p + "soft_loss_positions", "one of masked, all", obj.soft_loss_positions)
+        _check_schedule(obj.alpha_soft, src, p + "alpha_soft", positive=False)
+        _check_schedule(obj.temperature, src, p + "temperature", positive=True)
+    elif isinstance(obj, FinetuneConfig):
+        if obj.lr <= 0:
+            _fail(src, p + "lr", "a positive number", obj.lr)
+        if obj.epochs <= 0:
+            _fail(src, p + "epochs", "a positive number", obj.epochs)
+        if obj.batch_size < 1:
+            _fail(src, p + "batch_size", "an integer >= 1", obj.batch_size)
+        if not obj.seeds:
+            _fail(src, p + "seeds", "at least one seed", [])
+    elif isinstance(obj, StudiesConfig):
+        for name, spec in obj.soft_weight.items():
+            _check_schedule(spec, src, f"{p}soft_weight.{name}", positive=False)
+    elif isinstance(obj, LaunchConfig):
+        if obj.num_processes < 1:
+            _fail(src, p + "num_processes", "an integer >= 1", obj.num_processes)
+        if obj.device not in ("auto", "cpu", "cuda"):
+            _fail(src, p + "device", "one of auto, cpu, cuda", obj.device)
+    elif isinstance(obj, Config):
+        _check_models(obj, src)
+
+
+def _check_schedule(spec: dict, src: str, key: str, positive: bool) -> None:
+    from .schedules import ScheduleError, make_schedule
+    try:
+        f = make_schedule(spec)
+    except ScheduleError as e:
+        raise ConfigError(f"{src}: {key}: {e}") from None
+    for s in (0, 1, 50, 99, 100):
+        v = f(s, 100)
+        if (positive and v <= 0) or v < 0:
+            _fail(src, key, "a schedule of positive values" if positive else "a schedule of values >= 0", spec)
+
+
+def _check_models(cfg: Config, src: str) -> None:
+    from . import models
+    sizes = [("model.student", cfg.model.student)] + [
+        (f"model.teachers.{r}", s) for r, s in cfg.model.teachers.items()]
+    for key, name in sizes:
+        if name not in models.SIZES:
+            raise ConfigError(f"{src}: {key}: unknown model size {name!r} "
+                              f"(known: {', '.join(sorted(models.SIZES))})")
+    for key, name in sizes:
+        pinned = models.SIZES[name].get("vocab_size")
+        if pinned is not None and pinned != cfg.data.vocab_size:
+            raise ConfigError(f"{src}: {key}: size {name!r} has vocab {pinned}, but data.vocab_size is "
+                              f"{cfg.data.vocab_size}: teacher and student must share one vocabulary")
+    for role in cfg.studies.teacher_quality:
+        if role not in cfg.model.teachers:
+            raise ConfigError(f"{src}: studies.teacher_quality: teacher {role!r} is not in model.teachers "
+                              f"({', '.join(cfg.model.teachers)})")
+    if cfg.studies.param_remap_teacher not in cfg.model.teachers:
+        raise ConfigError(f"{src}: studies.param_remap_teacher: teacher {cfg.studies.param_remap_teacher!r} "
+                          f"is not in model.teachers")
