@@ -416,3 +416,8 @@ def _check_models(cfg: Config, src: str) -> None:
     if cfg.studies.param_remap_teacher not in cfg.model.teachers:
         raise ConfigError(f"{src}: studies.param_remap_teacher: teacher {cfg.studies.param_remap_teacher!r} "
                           f"is not in model.teachers")
+
+
+def config_from_dict(d: dict, src: str = "<config.json>") -> Config:
+    """Rebuild (and re-validate) a :class:`Config` from :meth:`Config.to_dict` output."""
+    return _build(Config, dict(d), src, "")

@@ -7,6 +7,7 @@ the width, so the ratios stay close to the paper's.
 """
 from __future__ import annotations
 
+import torch
 from transformers import BertConfig, BertForMaskedLM
 
 _PAPER = dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072, vocab_size=30522)
@@ -62,3 +63,22 @@ def non_embedding_parameters(model) -> int:
     """Parameters outside the embedding tables (used for 6*N*tokens FLOP estimates)."""
     emb = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
     return count_parameters(model) - emb
+
+
+class SparseMLM(torch.nn.Module):
+    """Wraps a ``BertForMaskedLM`` so that only selected positions go through the MLM head.
+
+    ``forward(input_ids, attention_mask, select)`` runs the encoder on every position, gathers
+    the hidden states where ``select`` (bool, batch x seq) is true, and applies the head to those
+    rows only: (n_selected, vocab) logits instead of (batch, seq, vocab). With 15% masking this
+    skips ~85% of the head's matmul and of the soft loss's vocabulary-sized buffers (Cramming).
+    A module, not a function, so DDP's hooks see the whole forward.
+    """
+
+    def __init__(self, mlm: BertForMaskedLM):
+        super().__init__()
+        self.mlm = mlm
+
+    def forward(self, input_ids, attention_mask, select):
+        hidden = self.mlm.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.mlm.cls(hidden[select])
