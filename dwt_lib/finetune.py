@@ -1,0 +1,223 @@
+"""GLUE fine-tuning of a pre-trained (MLM) checkpoint, and the per-task / GLUE-average table.
+
+The recipe is Hugging Face ``run_glue``'s, which the paper followed: ``BertForSequenceClassification``
+on top of the pre-trained encoder (pooler and classifier freshly initialised: our MLM
+checkpoints have no pooler), AdamW, linear decay with optional linear warm-up, gradient
+clipping at 1.0 (the HF Trainer default), cross-entropy (MSE for STS-B). The loop is a plain
+torch loop, readable top to bottom. Batches are padded to their own longest row, not to
+``max_seq_length``: GLUE sentences are short, so this is several times faster on CPU.
+
+Nothing is written to disk here: the run registry caches the returned dict.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .glue import TASKS, collate, compute_metrics, get_task, glue_average, load_glue
+
+MAX_GRAD_NORM = 1.0   # HF Trainer default (run_glue); the paper is silent
+
+
+def _finetune_cfg(cfg):
+    return getattr(cfg, "finetune", cfg)   # accept a whole Config or its finetune section
+
+
+def _pick_device(device: str) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def build_classifier(model_path_or_model, task: str, seed: int):
+    """A ``BertForSequenceClassification`` for ``task`` whose encoder holds the pre-trained weights.
+
+    ``model_path_or_model`` is a directory written by ``save_pretrained`` (of a
+    ``BertForMaskedLM``) or a model object with a ``.bert`` encoder (left untouched: its
+    weights are copied). The pooler (absent from MLM checkpoints) and classifier are
+    initialised from ``seed``."""
+    from transformers import BertForSequenceClassification
+    from transformers.utils import logging as hf_logging
+    t = get_task(task)
+    kw = dict(num_labels=t.num_labels,
+              problem_type="regression" if t.is_regression else "single_label_classification")
+    torch.manual_seed(seed)
+    if isinstance(model_path_or_model, (str, bytes)) or hasattr(model_path_or_model, "__fspath__"):
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()    # "some weights newly initialised" is expected here
+        try:
+            return BertForSequenceClassification.from_pretrained(str(model_path_or_model), **kw)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+    src = model_path_or_model
+    if not hasattr(src, "bert"):
+        raise TypeError(f"expected a checkpoint directory or a BERT model with a .bert encoder, "
+                        f"got {type(src).__name__}")
+    config = src.config.__class__.from_dict(src.config.to_dict())
+    for k, v in kw.items():
+        setattr(config, k, v)
+    clf = BertForSequenceClassification(config)
+    missing, unexpected = clf.bert.load_state_dict(src.bert.state_dict(), strict=False)
+    bad = [k for k in missing if not k.startswith("pooler.")] + list(unexpected)
+    if bad:
+        raise ValueError(f"encoder weights do not fit the classifier: {bad[:5]}")
+    return clf
+
+
+def finetune(model_path_or_model, task: str, cfg_finetune, tokenizer, seed: int,
+             device: str = "cpu", progress: bool = True) -> dict:
+    """Fine-tune a pre-trained checkpoint on one GLUE task and score it on the validation split.
+
+    Settings come from ``cfg_finetune`` (a ``FinetuneConfig`` or a whole ``Config``): lr,
+    epochs (``epochs_per_task`` overrides; fractional epochs stop mid-epoch), batch size,
+    max_seq_length, weight decay (not on biases and LayerNorm, as HF), warm-up fraction,
+    precision (bf16 autocast for the forward pass, loss in float32), max train/eval examples,
+    source. ``seed`` fixes the head initialisation, dropout and the shuffling.
+
+    Returns ``{task, seed, metrics, score, majority_baseline, n_train, n_eval, wall_time_s,
+    examples_per_s}``: ``metrics`` from :func:`~dwt_lib.glue.compute_metrics` (0-100),
+    ``majority_baseline`` the score of always predicting the most frequent training label
+    (the training mean for STS-B, whose correlations are then undefined and reported as 0),
+    ``examples_per_s`` training examples processed per second of training.
+    """
+    from transformers import get_linear_schedule_with_warmup, set_seed
+    t0 = time.perf_counter()
+    ft = _finetune_cfg(cfg_finetune)
+    t = get_task(task)
+    dev = _pick_device(device)
+    set_seed(seed)
+
+    # ---- model (first: a vocabulary mismatch should fail before any data is read)
+    model = build_classifier(model_path_or_model, t.name, seed)
+    if model.config.vocab_size != len(tokenizer):
+        raise ValueError(f"model vocab_size {model.config.vocab_size} differs from the tokenizer's "
+                         f"{len(tokenizer)} tokens: fine-tune with the tokenizer the model was "
+                         f"pre-trained with")
+    model.to(dev)
+
+    # ---- data
+    train = load_glue(t.name, tokenizer, ft.max_seq_length, "train", ft.source, ft.max_train_examples)
+    val = load_glue(t.name, tokenizer, ft.max_seq_length, "validation", ft.source, ft.max_eval_examples)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    collate_fn = lambda b: collate(b, pad_id)  # noqa: E731
+    gen = torch.Generator().manual_seed(seed)
+    train_loader = torch.utils.data.DataLoader(train, batch_size=ft.batch_size, shuffle=True,
+                                               generator=gen, collate_fn=collate_fn)
+    val_loader = torch.utils.data.DataLoader(val, batch_size=max(ft.batch_size, 64), shuffle=False,
+                                             collate_fn=collate_fn)
+
+    # ---- optimiser and schedule
+    decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
+    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": ft.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=ft.lr)
+    epochs = float(ft.epochs_per_task.get(t.name, ft.epochs))
+    total_steps = max(1, math.ceil(epochs * len(train_loader)))
+    sched = get_linear_schedule_with_warmup(opt, int(ft.warmup_fraction * total_steps), total_steps)
+    use_bf16 = ft.precision == "bf16"
+
+    def forward(batch):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+            logits = model(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
+                           attention_mask=batch["attention_mask"]).logits
+        return logits.float()               # loss and metrics in float32
+
+    # ---- train
+    model.train()
+    step, seen, t_train = 0, 0, time.perf_counter()
+    report_every = max(1, total_steps // 10)
+    while step < total_steps:
+        for batch in train_loader:
+            batch = {k: v.to(dev) for k, v in batch.items()}
+            logits = forward(batch)
+            if t.is_regression:
+                loss = F.mse_loss(logits.squeeze(-1), batch["labels"])
+            else:
+                loss = F.cross_entropy(logits, batch["labels"])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            seen += len(batch["labels"])
+            if progress and (step % report_every == 0 or step == total_steps):
+                # .item() is a device sync point: only on report steps
+                print(f"[finetune {t.name} seed {seed}] step {step}/{total_steps} "
+                      f"epoch {step / len(train_loader):.2f} loss {loss.item():.4f}", flush=True)
+            if step >= total_steps:
+                break
+    train_time = time.perf_counter() - t_train
+
+    # ---- evaluate
+    preds = evaluate(model, val_loader, forward, t.is_regression)
+    metrics = compute_metrics(t.name, preds, val.labels)
+    result = dict(task=t.name, seed=seed, metrics=metrics, score=metrics["score"],
+                  majority_baseline=majority_baseline(t.name, train.labels, val.labels),
+                  n_train=len(train), n_eval=len(val), steps=total_steps, epochs=epochs,
+                  wall_time_s=time.perf_counter() - t0,
+                  examples_per_s=seen / train_time if train_time > 0 else float("nan"))
+    if progress:
+        print(f"[finetune {t.name} seed {seed}] {t.metric}: {result['score']:.2f} "
+              f"(majority baseline {result['majority_baseline']:.2f}, n_eval {len(val)})", flush=True)
+    return result
+
+
+@torch.no_grad()
+def evaluate(model, loader, forward, is_regression: bool) -> np.ndarray:
+    """Predictions of ``model`` over ``loader`` (class ids, or real values for regression)."""
+    model.eval()
+    out = []
+    for batch in loader:
+        batch = {k: v.to(next(model.parameters()).device) for k, v in batch.items()}
+        logits = forward(batch)
+        out.append(logits.squeeze(-1) if is_regression else logits.argmax(-1))
+    model.train()
+    return torch.cat(out).cpu().numpy()
+
+
+def majority_baseline(task: str, train_labels, eval_labels) -> float:
+    """Score of a constant predictor: the most frequent training label (ties: the smallest id),
+    or the training mean for regression (correlations undefined, reported as 0)."""
+    t = get_task(task)
+    y = np.asarray(train_labels)
+    if t.is_regression:
+        const = float(y.mean())
+    else:
+        vals, counts = np.unique(y.astype(int), return_counts=True)
+        const = int(vals[counts.argmax()])
+    return compute_metrics(t.name, np.full(len(eval_labels), const), eval_labels)["score"]
+
+
+def glue_scores(results: list[dict]) -> Any:
+    """Per-task table over fine-tuning results (the dicts :func:`finetune` returns).
+
+    A ``pandas.DataFrame`` indexed by task (in :data:`~dwt_lib.glue.TASKS` order) with columns
+    ``mean``, ``std`` (sample std over seeds; 0 with one seed), ``n_seeds``,
+    ``majority_baseline`` (mean over seeds), plus a last row ``glue_avg`` whose ``mean`` is the
+    GLUE average of the per-task means (:func:`~dwt_lib.glue.glue_average`)."""
+    import pandas as pd
+    if not results:
+        raise ValueError("glue_scores: no results")
+    df = pd.DataFrame([dict(task=r["task"], seed=r["seed"], score=r["score"],
+                            majority_baseline=r.get("majority_baseline", float("nan")))
+                       for r in results])
+    g = df.groupby("task")
+    table = pd.DataFrame({"mean": g["score"].mean(),
+                          "std": g["score"].std(ddof=1).fillna(0.0),
+                          "n_seeds": g["score"].count(),
+                          "majority_baseline": g["majority_baseline"].mean()})
+    order = [n for n in TASKS if n in table.index] + [n for n in table.index if n not in TASKS]
+    table = table.loc[order]
+    avg = pd.DataFrame({"mean": [glue_average(table["mean"].to_dict())], "std": [float("nan")],
+                        "n_seeds": [int(table["n_seeds"].min())],
+                        "majority_baseline": [float(table["majority_baseline"].mean())]},
+                       index=["glue_avg"])
+    out = pd.concat([table, avg])
+    out.index.name = "task"
+    return out
