@@ -113,6 +113,7 @@ class StudiesConfig:
     teacher_quality: tuple[str, ...] = ("weak", "very_weak", "extremely_weak")
     soft_weight: dict = field(default_factory=dict)     # variant name -> schedule spec
     soft_weight_tasks: tuple[str, ...] = ("mnli", "cola", "qqp", "sst2")
+    soft_weight_teacher: str = "weak"
     param_remap_teacher: str = "weak"
 
 
@@ -413,9 +414,11 @@ def _check_models(cfg: Config, src: str) -> None:
         if role not in cfg.model.teachers:
             raise ConfigError(f"{src}: studies.teacher_quality: teacher {role!r} is not in model.teachers "
                               f"({', '.join(cfg.model.teachers)})")
-    if cfg.studies.param_remap_teacher not in cfg.model.teachers:
-        raise ConfigError(f"{src}: studies.param_remap_teacher: teacher {cfg.studies.param_remap_teacher!r} "
-                          f"is not in model.teachers")
+    for k in ("param_remap_teacher", "soft_weight_teacher"):
+        role = getattr(cfg.studies, k)
+        if role not in cfg.model.teachers:
+            raise ConfigError(f"{src}: studies.{k}: teacher {role!r} is not in model.teachers "
+                              f"({', '.join(cfg.model.teachers)})")
 
 
 def config_from_dict(d: dict, src: str = "<config.json>") -> Config:

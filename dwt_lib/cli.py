@@ -1,0 +1,129 @@
+"""``dwt``: the command line.
+
+    dwt pretrain  --profile P --run NAME [--set key=value ...]
+    dwt finetune  --profile P --run NAME --task T [--fraction F] [--seed S]
+    dwt runs      --profile P
+    dwt plan      --profile P
+    dwt reproduce --profile P [--notebooks 01,02]
+
+``--set`` applies dotted overrides to the profile (``--set pretrain.max_steps=10``), values
+parsed as YAML. Errors in params files print one line naming file and key, exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+from .config import ConfigError, load_params
+
+
+def _overrides(pairs: list[str]) -> dict:
+    out = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise ConfigError(f"--set {p}: expected key=value, e.g. pretrain.max_steps=10")
+        k, v = p.split("=", 1)
+        out[k] = yaml.safe_load(v)
+    return out
+
+
+def _cfg(args):
+    return load_params(args.profile, _overrides(args.set))
+
+
+def cmd_pretrain(args) -> int:
+    from .studies import ensure_pretrained
+    res = ensure_pretrained(_cfg(args), args.run)
+    print(f"{args.run}: held-out MLM loss {res['final_eval']['mlm_loss']:.4f}, "
+          f"accuracy {res['final_eval']['mlm_accuracy']:.4f} ({res['run']['id']})")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from .studies import ensure_finetuned
+    cfg = _cfg(args)
+    seeds = [args.seed] if args.seed is not None else list(cfg.finetune.seeds)
+    tasks = [args.task] if args.task else list(cfg.finetune.tasks)
+    for task in tasks:
+        for seed in seeds:
+            r = ensure_finetuned(cfg, args.run, task, seed, args.fraction)
+            print(f"{args.run} @ {args.fraction:.2f} {task} seed {seed}: {r['score']:.2f}")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from .runs import format_runs, list_runs
+    print(format_runs(list_runs(_cfg(args))))
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from .plan import format_plan, make_plan
+    print(format_plan(make_plan(_cfg(args))))
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from .reproduce import reproduce
+    only = args.notebooks.split(",") if args.notebooks else None
+    return reproduce(args.profile, only=only, overrides=_overrides(args.set))
+
+
+def cmd_worker(args) -> int:
+    """Internal: one process of an ``accelerate launch``ed pre-training run."""
+    import json
+    from pathlib import Path
+
+    from .config import config_from_dict
+    from .pretrain import train
+    from .runs import Run, atomic_write_json, read_json
+    d = Path(args.run_dir)
+    cfg = config_from_dict(read_json(d / "config.json"))
+    meta = read_json(d / "run.json")
+    run = Run(kind=meta["kind"], name=meta["name"], key=meta["key"], root=d.parent.parent)
+    res = train(cfg, run)
+    import torch.distributed as dist
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        atomic_write_json(d / "final.json", json.loads(json.dumps(res, default=str)))
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="dwt", description="Distillation from Weak Teacher: companion CLI")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def add(name, fn, help):
+        p = sub.add_parser(name, help=help)
+        p.add_argument("--profile", default="smoke", help="profile name (params/<name>.yaml) or a YAML path")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="dotted override, repeatable")
+        p.set_defaults(fn=fn)
+        return p
+
+    p = add("pretrain", cmd_pretrain, "pre-train one run (and its teacher), or resume it")
+    p.add_argument("--run", required=True, help="teacher-<role> | student | dwt-<role> | soft-<variant> | remap-<role>")
+    p = add("finetune", cmd_finetune, "fine-tune a pre-trained run on GLUE tasks")
+    p.add_argument("--run", required=True)
+    p.add_argument("--task", default=None, help="one task (default: the profile's tasks)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--fraction", type=float, default=1.0, help="snapshot fraction of pre-training")
+    add("runs", cmd_runs, "list runs with status, progress and wall time")
+    add("plan", cmd_plan, "print every run the studies need and its cost, without running")
+    p = add("reproduce", cmd_reproduce, "execute every notebook with papermill for a profile")
+    p.add_argument("--notebooks", default=None, help="comma-separated prefixes, e.g. 01,03")
+    w = sub.add_parser("_worker")
+    w.add_argument("--run-dir", required=True)
+    w.add_argument("--name", required=True)
+    w.set_defaults(fn=cmd_worker)
+
+    args = ap.parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as e:
+        print(f"dwt: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,366 @@
+"""Masked-LM pre-training with or without a weak teacher: one explicit Accelerate loop.
+
+The same loop trains a teacher or a student alone (MLM only, paper Eq. 1) and a student with
+DWT (Eq. 3: a_h * MLM + a_s(t) * tau(t)^2 * KL(teacher || student)). Read it top to bottom:
+
+1. data: packed blocks from :mod:`dwt_lib.data`; step ``s`` uses a fixed slice of a per-epoch
+   permutation and a mask drawn from a generator seeded by ``s``, so a resumed run (and a run
+   on more processes with the same global batch) sees exactly the same tokens and masks;
+2. model: random init, or parameter remapping from the teacher (:mod:`dwt_lib.remap`);
+3. the step: encoder on all positions, MLM head only on the selected positions
+   (:class:`dwt_lib.models.SparseMLM`), teacher under ``no_grad`` in eval mode;
+4. bookkeeping: JSON-lines log, held-out MLM eval, full checkpoints, model snapshots at
+   fractions of training, and a stop on the first non-finite loss.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .config import Config
+from .losses import hard_loss, soft_loss
+from .models import SparseMLM, build_model, count_parameters
+from .runs import Run, atomic_write_json
+from .schedules import make_schedule
+
+MASK_SEED = 1_000_003      # step s masks with generator seed (pretrain.seed * MASK_SEED + s)
+EVAL_MASK_SEED = 7_777     # held-out eval always masks the same way
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or inf; the message names the step."""
+
+
+# ----------------------------------------------------------------------------- pieces
+
+def total_steps(cfg: Config, n_blocks: int, world_size: int) -> int:
+    """Optimizer steps of a run: ``max_steps`` or ``epochs`` over ``n_blocks`` at the global batch."""
+    if cfg.pretrain.max_steps is not None:
+        return cfg.pretrain.max_steps
+    return max(1, math.ceil(cfg.pretrain.epochs * n_blocks / global_batch(cfg, world_size)))
+
+
+def global_batch(cfg: Config, world_size: int) -> int:
+    """Sequences per optimizer step across all processes and accumulation micro-steps."""
+    return cfg.pretrain.batch_size_per_device * world_size * cfg.pretrain.grad_accum_steps
+
+
+def batch_indices(step: int, n_blocks: int, gbs: int, seed: int) -> torch.Tensor:
+    """Block indices of the global batch at ``step``: a slice of the epoch's permutation."""
+    per_epoch = n_blocks // gbs
+    if per_epoch < 1:
+        raise ValueError(f"the training split has {n_blocks} blocks, fewer than one global batch of {gbs}: "
+                         f"lower pretrain.batch_size_per_device or use more data")
+    epoch, k = divmod(step, per_epoch)
+    perm = torch.randperm(n_blocks, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+    return perm[k * gbs:(k + 1) * gbs]
+
+
+def lr_lambda(warmup: int, total: int):
+    """Linear warm-up to the peak over ``warmup`` steps, then linear decay to 0 at ``total``."""
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return f
+
+
+def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """AdamW (decoupled decay) with no decay on biases and LayerNorm weights; fused when available."""
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 else decay).append(p)
+    pc = cfg.pretrain
+    groups = [{"params": decay, "weight_decay": pc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    kw = dict(lr=pc.lr, betas=(pc.adam_beta1, pc.adam_beta2), eps=pc.adam_eps)
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kw)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, **kw)
+
+
+def load_teacher(path: Path, vocab_size: int, student_params: int, device) -> torch.nn.Module:
+    """A frozen pre-trained teacher: eval mode, no gradients. Vocabulary must match the student's."""
+    from transformers import BertForMaskedLM
+    if not (Path(path) / "config.json").exists():
+        raise FileNotFoundError(f"teacher model not found at {path}: pre-train the teacher run first")
+    teacher = BertForMaskedLM.from_pretrained(path)
+    if teacher.config.vocab_size != vocab_size:
+        raise ValueError(f"teacher vocabulary ({teacher.config.vocab_size}) differs from the student's "
+                         f"({vocab_size}): DWT needs one shared tokenizer")
+    if count_parameters(teacher) > student_params:
+        warnings.warn(f"teacher ({count_parameters(teacher):,} params) is larger than the student "
+                      f"({student_params:,}): this is ordinary KD, not distillation from a weak teacher")
+    teacher.eval().requires_grad_(False)
+    return teacher.to(device)
+
+
+def snapshot_steps(fractions, total: int) -> dict[int, float]:
+    """Step at which each snapshot fraction is saved (at least step 1)."""
+    return {max(1, round(f * total)): f for f in fractions}
+
+
+def save_model(model, tokenizer, path: Path) -> None:
+    """``save_pretrained`` into a temp folder, then rename: a kill never leaves half a model."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict:
+    st = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint we resume from (they will be written again)."""
+    if path.exists():
+        keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= step]
+        path.write_text("".join(ln + "\n" for ln in keep))
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def evaluate_mlm(model: torch.nn.Module, blocks: torch.Tensor, tokenizer, cfg: Config, accelerator,
+                 autocast) -> dict:
+    """Held-out MLM loss and accuracy on masked tokens, the same masks every time."""
+    from .data import mask_tokens
+    model.eval()
+    bs, world, rank = cfg.pretrain.batch_size_per_device, accelerator.num_processes, accelerator.process_index
+    n = min(len(blocks), cfg.pretrain.eval_batches * bs * world)
+    loss_sum = torch.zeros((), device=accelerator.device)
+    correct = torch.zeros((), device=accelerator.device)
+    count = torch.zeros((), device=accelerator.device)
+    for i, start in enumerate(range(0, n, bs * world)):
+        g = torch.Generator().manual_seed(EVAL_MASK_SEED + i)
+        ids, labels = mask_tokens(blocks[start:start + bs * world], tokenizer, cfg.data.mlm_probability, g)
+        ids, labels = ids[rank * bs:(rank + 1) * bs], labels[rank * bs:(rank + 1) * bs]
+        if len(ids) == 0:
+            continue
+        ids, labels = ids.to(accelerator.device), labels.to(accelerator.device)
+        select = labels != -100
+        with autocast():
+            logits = model(ids, ids != tokenizer.pad_token_id, select)
+        y = labels[select]
+        loss_sum += hard_loss(logits, y) * len(y)
+        correct += (logits.argmax(-1) == y).sum()
+        count += len(y)
+    loss_sum, correct, count = (accelerator.reduce(t, "sum") for t in (loss_sum, correct, count))
+    model.train()
+    c = max(count.item(), 1.0)
+    return {"mlm_loss": loss_sum.item() / c, "mlm_accuracy": correct.item() / c, "eval_tokens": int(count.item())}
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def train(cfg: Config, run: Run, progress: bool = True) -> dict:
+    """Pre-train (or resume) the run in ``run.dir``; returns the final metrics.
+
+    ``run.key`` says what to train: ``size``, ``init`` (random | remap), ``teacher`` (a run id or
+    None) and, with a teacher, the distillation settings. Works under ``accelerate launch`` with
+    any number of processes; the global batch is ``batch_size_per_device x processes x accum``.
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()      # no "Writing model shards" bars inside ours
+
+    from .data import mask_tokens, prepare_pretraining_data
+
+    if cfg.launch.num_threads:
+        torch.set_num_threads(cfg.launch.num_threads)
+    cpu = cfg.launch.device == "cpu" or (cfg.launch.device == "auto" and not torch.cuda.is_available())
+    acc = Accelerator(cpu=cpu)
+    main = acc.is_main_process
+    key, pc, dc = run.key, cfg.pretrain, cfg.distill
+    out = run.dir
+    ckpt_path = out / "checkpoints" / "last.pt"
+    log_path = out / "log.jsonl"
+
+    with acc.main_process_first():
+        data = prepare_pretraining_data(cfg)
+    tok = data.tokenizer
+    vocab = len(tok)
+    torch.manual_seed(pc.seed)
+    random.seed(pc.seed)
+    np.random.seed(pc.seed)
+    mlm = build_model(key["size"], vocab, max_position_embeddings=max(512, cfg.data.max_seq_length),
+                      hidden_dropout_prob=cfg.model.hidden_dropout_prob,
+                      attention_probs_dropout_prob=cfg.model.attention_probs_dropout_prob)
+    n_params = count_parameters(mlm)
+
+    teacher = None
+    if key.get("teacher"):
+        teacher_dir = run.root / "runs" / key["teacher"] / "model"
+        teacher = SparseMLM(load_teacher(teacher_dir, vocab, n_params, acc.device))
+        if key.get("init") == "remap":
+            from .remap import remap_parameters
+            report = remap_parameters(teacher.mlm, mlm)
+            if main:
+                atomic_write_json(out / "remap_report.json", report.to_dict())
+    elif key.get("init") == "remap":
+        raise ValueError(f"run {run.name}: init 'remap' needs a teacher")
+
+    model = SparseMLM(mlm)
+    opt = make_optimizer(model, cfg)
+    n_blocks = len(data.train)
+    world = acc.num_processes
+    gbs = global_batch(cfg, world)
+    total = total_steps(cfg, n_blocks, world)
+    warmup = max(1, round(pc.warmup_fraction * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, total))
+    model, opt = acc.prepare(model, opt)
+    a_soft = make_schedule(dict(key["alpha_soft"])) if teacher else None
+    tau_fn = make_schedule(dict(key["temperature"])) if teacher else None
+    snaps = snapshot_steps(pc.snapshot_fractions, total)
+    bf16 = pc.precision == "bf16"
+
+    def autocast():
+        return torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    step = 0
+    if ckpt_path.exists():                       # resume: weights, optimizer, schedule, RNG, position
+        st = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        acc.unwrap_model(model).load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        _set_rng_state(st["rng"])
+        step = st["step"]
+        if main:
+            _truncate_log(log_path, step)
+    acc.wait_for_everyone()
+
+    def save_checkpoint():
+        if main:
+            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ckpt_path.with_suffix(".tmp")
+            torch.save({"model": acc.unwrap_model(model).state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "rng": _rng_state(), "step": step}, tmp)
+            os.replace(tmp, ckpt_path)
+            atomic_write_json(out / "progress.json", {"step": step, "total_steps": total,
+                                                      "elapsed_s": elapsed + time.time() - t_start})
+        acc.wait_for_everyone()
+
+    bs, rank, accum = pc.batch_size_per_device, acc.process_index, pc.grad_accum_steps
+    soft_all = dc.soft_loss_positions == "all"
+    model.train()
+    elapsed = 0.0
+    if (out / "progress.json").exists():
+        elapsed = json.loads((out / "progress.json").read_text()).get("elapsed_s", 0.0)
+    t_start = t_log = time.time()
+    window: list[torch.Tensor] = []            # per-step [total, hard, soft] since the last log line
+    tokens_since = 0
+    bar = tqdm(total=total, initial=step, disable=not (progress and main), desc=run.name, dynamic_ncols=True)
+    while step < total:
+        idx = batch_indices(step, n_blocks, gbs, pc.seed)
+        g = torch.Generator().manual_seed(pc.seed * MASK_SEED + step)
+        ids_all, labels_all = mask_tokens(data.train[idx], tok, cfg.data.mlm_probability, g)
+        pad_all = ids_all != tok.pad_token_id
+        # Normalise by the *global* token counts, so the gradient is the mean over every masked
+        # token of the global batch whatever the number of processes or micro-steps (DDP averages
+        # over processes, hence the factor world).
+        n_hard = max(int((labels_all != -100).sum()), 1)
+        n_soft = max(int(pad_all.sum()) if soft_all else n_hard, 1)
+        a_s = a_soft(step, total) if teacher else 0.0
+        tau = tau_fn(step, total) if teacher else 1.0
+        parts = torch.zeros(3)
+        for m in range(accum):
+            lo = (m * world + rank) * bs
+            ids = ids_all[lo:lo + bs].to(acc.device)
+            labels = labels_all[lo:lo + bs].to(acc.device)
+            attn = pad_all[lo:lo + bs].to(acc.device)
+            select = attn if soft_all else labels != -100
+            y = labels[select]
+            ctx = acc.no_sync(model) if m < accum - 1 else _nullcontext()
+            with ctx:
+                with autocast():
+                    logits = model(ids, attn, select)
+                n_y = int((y != -100).sum())
+                h = hard_loss(logits, y) * (n_y / n_hard) if n_y else logits.sum() * 0.0
+                s = torch.zeros((), device=acc.device)
+                if teacher is not None:
+                    with torch.no_grad(), autocast():
+                        t_logits = teacher(ids, attn, select)
+                    s = soft_loss(logits, t_logits, temperature=tau, scale_by_t2=dc.scale_by_t2) * (len(y) / n_soft)
+                loss = dc.alpha_hard * h + a_s * s
+                acc.backward(loss * world)
+            parts += torch.stack([loss.detach(), h.detach(), s.detach()]).float().cpu()
+        window.append(acc.reduce(parts.to(acc.device), "sum").cpu() if world > 1 else parts)
+        tokens_since += int(pad_all.sum())
+        if not torch.isfinite(window[-1]).all():
+            raise NonFiniteLossError(f"run {run.name}: non-finite loss at step {step + 1} "
+                                     f"(total/hard/soft = {window[-1].tolist()}); the last good checkpoint "
+                                     f"is {ckpt_path if ckpt_path.exists() else 'none yet'}")
+        if pc.max_grad_norm:
+            acc.clip_grad_norm_(model.parameters(), pc.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+
+        if step % pc.log_every == 0 or step == total:
+            w = torch.stack(window).mean(0).tolist()
+            now = time.time()
+            rec = {"step": step, "loss": w[0], "hard": w[1], "soft": w[2], "alpha_soft": a_s, "tau": tau,
+                   "lr": sched.get_last_lr()[0], "tokens_per_s": tokens_since / max(now - t_log, 1e-9),
+                   "elapsed_s": elapsed + now - t_start}
+            if step % pc.eval_every == 0 or step == total:
+                ev = evaluate_mlm(model, data.validation, tok, cfg, acc, autocast)
+                rec.update(eval_mlm_loss=ev["mlm_loss"], eval_mlm_accuracy=ev["mlm_accuracy"])
+            if main:
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+            bar.set_postfix(loss=f"{w[0]:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+            window, tokens_since, t_log = [], 0, time.time()
+        if step in snaps and main:
+            save_model(acc.unwrap_model(model).mlm, tok, out / "snapshots" / f"frac-{snaps[step]:.2f}")
+        if step % pc.checkpoint_every == 0 or step == total:
+            save_checkpoint()
+    bar.close()
+
+    final = evaluate_mlm(model, data.validation, tok, cfg, acc, autocast)
+    if main:
+        save_model(acc.unwrap_model(model).mlm, tok, out / "model")
+    acc.wait_for_everyone()
+    return {"final_eval": final, "steps": total, "global_batch": gbs, "world_size": world,
+            "tokens_seen": total * gbs * cfg.data.max_seq_length, "params": n_params,
+            "teacher_params": count_parameters(teacher.mlm) if teacher else None,
+            "snapshots": {f"{f:.2f}": f"snapshots/frac-{f:.2f}" for f in snaps.values()},
+            "data_hash": data.hash}
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False

@@ -1,0 +1,179 @@
+"""Which runs each study needs, built from the profile, and the one function that launches them.
+
+Run names (``dwt pretrain --run NAME``):
+
+- ``teacher-<role>``: a teacher trained alone (MLM only), role from ``model.teachers``
+- ``student``: the standalone student
+- ``dwt-<role>``: the student distilled from that teacher with the profile's a_s (Fig. 2)
+- ``soft-<variant>``: the student distilled from the weak teacher with a_s from
+  ``studies.soft_weight.<variant>`` (Fig. 3)
+- ``remap-<role>``: DWT from that teacher, student initialised by parameter remapping (Fig. 4)
+
+A run's identity is the hash of what determines it, not its name: ``soft-normal`` and
+``dwt-weak`` are one run when their settings agree, and it is trained once.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Optional
+
+from . import runs
+from .config import Config
+from .runs import Run, atomic_write_json, outputs_dir
+
+
+def _base_key(cfg: Config, size: str) -> dict:
+    return {"size": size, "data": cfg.data, "pretrain": cfg.pretrain,
+            "dropout": [cfg.model.hidden_dropout_prob, cfg.model.attention_probs_dropout_prob],
+            "world_size": cfg.launch.num_processes}
+
+
+def pretrain_run(cfg: Config, name: str, size: str, teacher: Optional[Run] = None, init: str = "random",
+                 alpha_soft: Optional[dict] = None) -> Run:
+    """A pre-training run; with a teacher it is a DWT run whose settings come from ``cfg.distill``."""
+    key = _base_key(cfg, size)
+    key["init"] = init
+    key["teacher"] = teacher.id if teacher else None
+    kind = "teacher" if name.startswith("teacher-") else ("dwt" if teacher else "student")
+    if teacher:
+        d = cfg.distill
+        key.update(alpha_hard=d.alpha_hard, alpha_soft=alpha_soft or d.alpha_soft, temperature=d.temperature,
+                   soft_loss_positions=d.soft_loss_positions, scale_by_t2=d.scale_by_t2)
+    from .config import _jsonable
+    return Run(kind=kind, name=name, key=_jsonable(key), root=outputs_dir(cfg))
+
+
+def named_run(cfg: Config, name: str) -> Run:
+    """The :class:`Run` for a run name (see the module docstring); clear error for an unknown name."""
+    teachers = cfg.model.teachers
+    if name.startswith("teacher-") and name[8:] in teachers:
+        return pretrain_run(cfg, name, teachers[name[8:]])
+    if name == "student":
+        return pretrain_run(cfg, name, cfg.model.student)
+    for prefix, init in (("dwt-", "random"), ("remap-", "remap")):
+        if name.startswith(prefix) and name[len(prefix):] in teachers:
+            role = name[len(prefix):]
+            return pretrain_run(cfg, name, cfg.model.student, named_run(cfg, f"teacher-{role}"), init)
+    if name.startswith("soft-") and name[5:] in cfg.studies.soft_weight:
+        return pretrain_run(cfg, name, cfg.model.student, named_run(cfg, teacher_name(cfg, name)),
+                            alpha_soft=cfg.studies.soft_weight[name[5:]])
+    raise ValueError(f"unknown run name {name!r} for profile {cfg.profile}; known: {', '.join(all_run_names(cfg))}")
+
+
+def teacher_name(cfg: Config, name: str) -> Optional[str]:
+    """The teacher run a DWT run distils from (None for runs without a teacher)."""
+    if name.startswith(("dwt-", "remap-")):
+        return "teacher-" + name.split("-", 1)[1]
+    if name.startswith("soft-"):
+        return f"teacher-{cfg.studies.soft_weight_teacher}"
+    return None
+
+
+def all_run_names(cfg: Config) -> list[str]:
+    """Every run the three studies need, teachers first (dependencies before dependants)."""
+    roles = list(cfg.model.teachers)
+    return ([f"teacher-{r}" for r in roles] + ["student"]
+            + [f"dwt-{r}" for r in cfg.studies.teacher_quality]
+            + [f"soft-{v}" for v in cfg.studies.soft_weight]
+            + [f"remap-{cfg.studies.param_remap_teacher}"])
+
+
+def study_runs(cfg: Config, study: str) -> list[str]:
+    """Run names one study needs: ``teacher_quality``, ``soft_weight`` or ``param_remap``."""
+    if study == "teacher_quality":
+        return ([f"teacher-{r}" for r in cfg.studies.teacher_quality] + ["student"]
+                + [f"dwt-{r}" for r in cfg.studies.teacher_quality])
+    if study == "soft_weight":
+        return [f"soft-{v}" for v in cfg.studies.soft_weight]
+    if study == "param_remap":
+        t = cfg.studies.param_remap_teacher
+        return [f"remap-{t}", f"dwt-{t}"]
+    raise ValueError(f"unknown study {study!r} (teacher_quality, soft_weight, param_remap)")
+
+
+# ----------------------------------------------------------------------------- launching
+
+def ensure_pretrained(cfg: Config, name: str, progress: bool = True) -> dict:
+    """Result of a pre-training run, training it (and its teacher) first if needed.
+
+    One process: trained in this process. More (``launch.num_processes > 1``): the run is
+    handed to ``accelerate launch`` with ``launch.accelerate_config``; this process holds the
+    run's lock and writes its result when the workers finish.
+    """
+    run = named_run(cfg, name)
+    if run.key.get("teacher") and not run.finished():
+        ensure_pretrained(cfg, teacher_name(cfg, name), progress)
+
+    def work(r: Run) -> dict:
+        atomic_write_json(r.dir / "config.json", cfg.to_dict())
+        if cfg.launch.num_processes == 1:
+            from .pretrain import train
+            return train(cfg, r, progress=progress)
+        return _launch_workers(cfg, r)
+
+    return runs.ensure(run, cfg, work)
+
+
+def _launch_workers(cfg: Config, run: Run) -> dict:
+    acfg = cfg.launch.accelerate_config
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    if acfg:
+        cmd += ["--config_file", str(runs.REPO / acfg) if not os.path.isabs(acfg) else acfg]
+    cmd += ["--num_processes", str(cfg.launch.num_processes), "-m", "dwt_lib.cli", "_worker",
+            "--run-dir", str(run.dir), "--name", run.name]
+    subprocess.run(cmd, check=True)
+    return runs.read_json(run.dir / "final.json")
+
+
+def finetune_run(cfg: Config, pretrain_name: str, task: str, seed: int, fraction: float = 1.0) -> Run:
+    """The fine-tuning run of one pre-training snapshot on one task with one seed."""
+    base = named_run(cfg, pretrain_name)
+    ft = {k: v for k, v in cfg.finetune.__dict__.items() if k not in ("tasks", "seeds")}
+    from .config import _jsonable
+    key = _jsonable({"pretrain": base.id, "fraction": round(fraction, 4), "task": task, "seed": seed,
+                     "finetune": ft})
+    return Run(kind="finetune", name=f"{pretrain_name}@{fraction:.2f}/{task}/s{seed}", key=key,
+               root=outputs_dir(cfg))
+
+
+def ensure_finetuned(cfg: Config, pretrain_name: str, task: str, seed: int, fraction: float = 1.0,
+                     progress: bool = False) -> dict:
+    """Result of fine-tuning a pre-training run's snapshot on a GLUE task (trains what is missing)."""
+    from .finetune import finetune
+    base_res = ensure_pretrained(cfg, pretrain_name)
+    snap = base_res.get("snapshots", {}).get(f"{fraction:.2f}")
+    if snap is None:
+        raise ValueError(f"run {pretrain_name} has no snapshot at fraction {fraction:.2f} "
+                         f"(pretrain.snapshot_fractions: {list(cfg.pretrain.snapshot_fractions)})")
+    model_dir = named_run(cfg, pretrain_name).dir / snap
+    run = finetune_run(cfg, pretrain_name, task, seed, fraction)
+
+    def work(r: Run) -> dict:
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        device = "cpu" if cfg.launch.device == "cpu" else "auto"
+        res = finetune(model_dir, task, cfg.finetune, tok, seed, device=device, progress=progress)
+        res.update(pretrain_run=pretrain_name, fraction=fraction)
+        return res
+
+    return runs.ensure(run, cfg, work, log=(print if progress else (lambda s: None)))
+
+
+def study_scores(cfg: Config, names: list[str], tasks: list[str], fractions=(1.0,), progress: bool = True):
+    """Fine-tuning results for every (run, fraction, task, seed), training what is missing.
+
+    Returns a list of result dicts (each with ``pretrain_run``, ``fraction``, ``task``, ``seed``,
+    ``score``, ``metrics``), ready for :func:`dwt_lib.finetune.glue_scores` or a DataFrame.
+    """
+    out = []
+    for name in names:
+        for fr in fractions:
+            for task in tasks:
+                for seed in cfg.finetune.seeds:
+                    r = ensure_finetuned(cfg, name, task, seed, fr)
+                    if progress:
+                        print(f"  {name:<22} @{fr:.2f} {task:<6} seed {seed}: {r['score']:.2f}")
+                    out.append(r)
+    return out
