@@ -1,0 +1,336 @@
+"""Pre-training data: source resolution, tokenizer, packing into BERT blocks, cache, MLM masking.
+
+``prepare_pretraining_data(cfg)`` turns ``cfg.data`` into two LongTensors of blocks
+``[CLS] s1 s2 ... [SEP] [PAD]...`` and caches them under ``outputs/.cache/data-<hash>/``
+(``$DWT_CACHE_DIR`` overrides the root). Text steps (cleaning, sentence split, 1-in-N sampling,
+split by document) are in :mod:`dwt_lib.corpus`. ``mask_tokens`` is BERT's 80/10/10 masking,
+fully determined by an explicit ``torch.Generator`` so a resumed run masks exactly as before.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import corpus
+from .config import Config, DataConfig, stable_hash
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Bump when a change here or in corpus.py changes the processed data: it is part of the cache hash.
+DATA_CODE_VERSION = 2
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+MIN_TAIL_TOKENS = 8   # a document's last block with fewer content tokens is dropped (~1 MLM target)
+
+
+class DataSourceError(RuntimeError):
+    """A dataset or tokenizer is neither in the local mirror nor reachable on the Hub."""
+
+
+# ----------------------------------------------------------------------------- sources
+
+def data_dir() -> Path:
+    """The offline mirror root: ``$DWT_DATA_DIR``, default ``<repo>/data``."""
+    return Path(os.environ.get("DWT_DATA_DIR") or REPO_ROOT / "data")
+
+
+def resolve(hub_id: str) -> str:
+    """``$DWT_DATA_DIR/<hub_id>`` when that folder exists, else ``hub_id`` unchanged."""
+    local = data_dir() / hub_id
+    return str(local) if local.is_dir() else hub_id
+
+
+def _offline() -> bool:
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on")
+               for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def require_source(hub_id: str, what: str, repo_type: str = "dataset") -> str:
+    """Resolve ``hub_id`` and check it can be read: the local folder, or the Hub when online.
+
+    Returns what :func:`resolve` returns. Raises :class:`DataSourceError` naming the id, the folder
+    tried and the fix when the folder is missing and the Hub is off (``HF_HUB_OFFLINE=1`` /
+    ``HF_DATASETS_OFFLINE=1``) or does not answer for that repo. Call it before any work.
+    """
+    src = resolve(hub_id)
+    if src != hub_id:
+        return src
+    folder = data_dir() / hub_id
+    why = "the Hub is disabled (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set)" if _offline() else None
+    if why is None:
+        try:
+            from huggingface_hub import repo_exists
+            if not repo_exists(hub_id, repo_type=repo_type):
+                why = f"the Hub has no {repo_type} repo {hub_id!r}"
+        except Exception as e:  # no network, DNS, auth: all mean "not readable from here"
+            why = f"the Hub is unreachable ({type(e).__name__}: {e})"
+    if why:
+        raise DataSourceError(
+            f"{what} {hub_id!r} is not available: no local folder {folder} and {why}. "
+            f"Set DWT_DATA_DIR to an offline mirror that has {hub_id}/ (e.g. DWT_DATA_DIR=/work/shared/data), "
+            f"or run with Hub access (unset HF_HUB_OFFLINE, log in if the repo is gated).")
+    return src
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+def load_tokenizer(name_or_path: str):
+    """A fast tokenizer from a Hub id (through the mirror) or a saved folder."""
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(resolve(name_or_path), use_fast=True)
+
+
+def train_tokenizer(sentences: Sequence[str], vocab_size: int):
+    """A BERT-style uncased WordPiece (special tokens [PAD] [UNK] [CLS] [SEP] [MASK]) trained on ``sentences``."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=None, clean_text=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    tok.train_from_iterator(sentences, trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, min_frequency=2, show_progress=False))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.BertProcessing(("[SEP]", sep), ("[CLS]", cls))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+                                   model_max_length=512)
+
+
+# ----------------------------------------------------------------------------- tokenize + pack
+
+def tokenize_documents(doc_sents: Sequence[Sequence[str]], tokenizer) -> list[list[list[int]]]:
+    """Token ids (no special tokens) of every sentence, per document.
+
+    One ``encode_batch_fast`` call over all sentences: multi-threaded in Rust (all cores unless
+    ``RAYON_NUM_THREADS`` says otherwise), no offsets computed.
+    """
+    flat = [s for d in doc_sents for s in d]
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    enc = getattr(backend, "encode_batch_fast", backend.encode_batch)(flat, add_special_tokens=False)
+    ids = [e.ids for e in enc]
+    out, i = [], 0
+    for d in doc_sents:
+        out.append(ids[i:i + len(d)])
+        i += len(d)
+    return out
+
+
+def pack_blocks(doc_ids: Sequence[Sequence[Sequence[int]]], max_seq_length: int,
+                cls_id: int, sep_id: int, pad_id: int, dtype=np.int32) -> np.ndarray:
+    """Pack tokenized documents into ``[n_blocks, max_seq_length]`` blocks ``[CLS] ... [SEP] [PAD]*``.
+
+    Within one document the sentences are concatenated (each truncated to ``max_seq_length - 2``
+    tokens) and cut into pieces of ``max_seq_length - 2``; a block never mixes documents. Only a
+    document's last block is padded, and it is dropped when it has fewer than ``MIN_TAIL_TOKENS``
+    content tokens (unless it is the document's only block).
+    """
+    L = max_seq_length
+    C = L - 2
+    blocks: list[np.ndarray] = []
+    for sents in doc_ids:
+        if not sents:
+            continue
+        flat = np.fromiter((t for s in sents for t in s[:C]), dtype=np.int64)
+        n = len(flat)
+        if n == 0:
+            continue
+        nb = -(-n // C)
+        if nb > 1 and n - (nb - 1) * C < MIN_TAIL_TOKENS:
+            nb -= 1
+            flat = flat[:nb * C]
+            n = len(flat)
+        b = np.full((nb, L), pad_id, dtype=np.int64)
+        b[:, 0] = cls_id
+        body = np.full(nb * C, -1, dtype=np.int64)
+        body[:n] = flat
+        body = body.reshape(nb, C)
+        b[:, 1:L - 1] = np.where(body < 0, pad_id, body)
+        lens = np.minimum(C, n - np.arange(nb) * C)          # content tokens per block
+        b[np.arange(nb), lens + 1] = sep_id
+        blocks.append(b)
+    if not blocks:
+        return np.zeros((0, L), dtype=dtype)
+    return np.concatenate(blocks).astype(dtype)
+
+
+# ----------------------------------------------------------------------------- cache
+
+@dataclass
+class PretrainingData:
+    """Packed pre-training blocks: ``train`` [N, L] and ``validation`` [M, L] token ids."""
+    train: torch.Tensor
+    validation: torch.Tensor
+    tokenizer: object            # PreTrainedTokenizerFast
+    stats: dict
+    cache_dir: Path
+    hash: str
+
+
+def cache_root() -> Path:
+    """Root of processed-data caches: ``$DWT_CACHE_DIR``, default ``<repo>/outputs/.cache``."""
+    return Path(os.environ.get("DWT_CACHE_DIR") or REPO_ROOT / "outputs" / ".cache")
+
+
+def data_hash(dc: DataConfig) -> str:
+    """Hash of everything that determines the processed data (``num_proc`` excluded: it changes speed only)."""
+    d = {k: v for k, v in dc.__dict__.items() if k != "num_proc"}
+    if d["tokenizer"] != "train":
+        d.pop("vocab_size")          # a loaded tokenizer brings its own vocabulary
+    d["code_version"] = DATA_CODE_VERSION
+    d["min_tail_tokens"] = MIN_TAIL_TOKENS
+    return stable_hash(d, 12)
+
+
+def cache_path(dc: DataConfig) -> Path:
+    """``<cache root>/data-<hash>``: where :func:`prepare_pretraining_data` keeps ``dc``'s data."""
+    return cache_root() / f"data-{data_hash(dc)}"
+
+
+def _hist(values: np.ndarray, bins: int = 40) -> dict:
+    if len(values) == 0:
+        return {"counts": [], "edges": []}
+    counts, edges = np.histogram(values, bins=bins)
+    return {"counts": counts.tolist(), "edges": edges.tolist()}
+
+
+def build(dc: DataConfig, out: Path) -> dict:
+    """Run the whole pipeline for ``dc`` and write ``train.npy``, ``validation.npy``, ``tokenizer/`` and
+    ``stats.json`` into ``out`` (an empty folder). Returns the stats."""
+    t0 = time.time()
+    srcs = [require_source(c.id, "pre-training corpus") for c in dc.corpora]
+    if dc.tokenizer != "train":
+        require_source(dc.tokenizer, "tokenizer", repo_type="model")
+    docs = corpus.load_documents(dc.corpora, dc.max_documents, resolve=dict(zip([c.id for c in dc.corpora], srcs)).get)
+    sents = corpus.document_sentences(docs)
+    sampled = corpus.sample_sentences(sents, dc.sample_every, dc.max_sentences)
+    is_val = corpus.validation_mask([d.key for d in docs], dc.validation_fraction, dc.seed)
+    train_docs = [s for s, v in zip(sampled, is_val) if not v]
+    val_docs = [s for s, v in zip(sampled, is_val) if v]
+    t_text = time.time()
+    if dc.tokenizer == "train":
+        tok = train_tokenizer([s for d in train_docs for s in d], dc.vocab_size)
+    else:
+        tok = load_tokenizer(dc.tokenizer)
+    t_tok = time.time()
+    ids_tr, ids_va = tokenize_documents(train_docs, tok), tokenize_documents(val_docs, tok)
+    dtype = np.uint16 if len(tok) <= 65536 else np.int32
+    special = dict(cls_id=tok.cls_token_id, sep_id=tok.sep_token_id, pad_id=tok.pad_token_id, dtype=dtype)
+    tr = pack_blocks(ids_tr, dc.max_seq_length, **special)
+    va = pack_blocks(ids_va, dc.max_seq_length, **special)
+    t_pack = time.time()
+    np.save(out / "train.npy", tr)
+    np.save(out / "validation.npy", va)
+    tok.save_pretrained(str(out / "tokenizer"))
+
+    words_all = sum(len(s.split()) for d in sents for s in d)
+    sent_words = np.array([len(s.split()) for d in sampled for s in d], dtype=np.int64)
+    sent_tokens = np.array([len(s) for d in ids_tr + ids_va for s in d], dtype=np.int64)
+    blocks = np.concatenate([tr, va]) if len(tr) + len(va) else np.zeros((0, dc.max_seq_length), dtype)
+    block_len = (blocks != tok.pad_token_id).sum(1)
+    tokens_after = int(sent_tokens.sum())
+    words_after = int(sent_words.sum())
+    tpw = tokens_after / max(1, words_after)
+    stats = {
+        "hash": out.name.split(".")[0].removeprefix("data-"),
+        "documents": len(docs), "train_documents": len(docs) - sum(is_val),
+        "validation_documents": sum(is_val),
+        "sentences_before_sampling": sum(map(len, sents)), "sentences_after_sampling": int(len(sent_words)),
+        "words_before_sampling": words_all, "words_after_sampling": words_after,
+        # Only sampled sentences are tokenized; the count before sampling is words x tokens/word.
+        "tokens_before_sampling_estimate": int(round(words_all * tpw)),
+        "tokens_after_sampling": tokens_after, "tokens_per_word": tpw,
+        "vocab_size": len(tok), "tokenizer": dc.tokenizer, "max_seq_length": dc.max_seq_length,
+        "train_blocks": int(len(tr)), "validation_blocks": int(len(va)),
+        "padding_fraction": float(1 - block_len.sum() / max(1, blocks.size)),
+        "sentence_length_words_hist": _hist(sent_words),
+        "sentence_length_tokens_hist": _hist(sent_tokens),
+        "block_length_tokens_hist": _hist(block_len),
+        "seconds": {"text": t_text - t0, "tokenizer": t_tok - t_text, "tokenize_pack": t_pack - t_tok},
+        "config": dataclasses.asdict(dc),
+        "data_code_version": DATA_CODE_VERSION,
+    }
+    (out / "stats.json").write_text(json.dumps(stats, indent=1))
+    return stats
+
+
+def load_cached(path: Path) -> PretrainingData:
+    """Read a finished cache folder written by :func:`build`."""
+    from transformers import PreTrainedTokenizerFast
+    stats = json.loads((path / "stats.json").read_text())
+    tok = PreTrainedTokenizerFast.from_pretrained(str(path / "tokenizer"))
+    as_long = lambda f: torch.from_numpy(np.load(path / f).astype(np.int64))
+    return PretrainingData(as_long("train.npy"), as_long("validation.npy"), tok, stats, path,
+                           path.name.removeprefix("data-"))
+
+
+def prepare_pretraining_data(cfg: Config) -> PretrainingData:
+    """Processed pre-training data for ``cfg.data``: from the cache when present, else built once.
+
+    A file lock makes concurrent callers wait for one build; the build goes to a temporary folder
+    that is renamed into place, so a reader never sees a half-written cache.
+    """
+    from filelock import FileLock
+    dc = cfg.data
+    path = cache_path(dc)
+    if (path / "stats.json").exists():
+        return load_cached(path)
+    for c in dc.corpora:               # fail before any work (and before taking the lock)
+        require_source(c.id, "pre-training corpus")
+    if dc.tokenizer != "train":
+        require_source(dc.tokenizer, "tokenizer", repo_type="model")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if not (path / "stats.json").exists():
+            tmp = path.parent / f"{path.name}.tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            try:
+                build(dc, tmp)
+                os.replace(tmp, path)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    return load_cached(path)
+
+
+# ----------------------------------------------------------------------------- MLM masking
+
+def attention_mask(input_ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """1 where ``input_ids`` is not padding, else 0 (same shape, long)."""
+    return (input_ids != pad_id).long()
+
+
+def mask_tokens(input_ids: torch.Tensor, tokenizer, mlm_probability: float = 0.15,
+                generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking: returns ``(masked_input_ids, labels)``.
+
+    Each non-special, non-pad token is selected with probability ``mlm_probability``; a selected
+    token becomes [MASK] (80%), a random non-special token (10%) or stays (10%). ``labels`` holds
+    the original id at selected positions and -100 elsewhere. Every random draw comes from
+    ``generator`` (three draws of fixed shape), so the same generator state gives the same masks.
+    Written here rather than with ``DataCollatorForLanguageModeling`` because the collator owns its
+    generator (a ``seed`` at construction, not one per call) and draws random replacements from
+    the whole vocabulary, special tokens included.
+    """
+    special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=input_ids.dtype)
+    can_mask = ~torch.isin(input_ids, special)
+    u = torch.rand(input_ids.shape, generator=generator)
+    how = torch.rand(input_ids.shape, generator=generator)
+    normal = torch.ones(len(tokenizer), dtype=torch.bool)
+    normal[special] = False
+    pool = normal.nonzero().squeeze(1)
+    rnd = pool[torch.randint(len(pool), input_ids.shape, generator=generator)]
+    selected = can_mask & (u < mlm_probability)
+    labels = torch.where(selected, input_ids, torch.full_like(input_ids, -100))
+    out = input_ids.clone()
+    out[selected & (how < 0.8)] = tokenizer.mask_token_id
+    swap = selected & (how >= 0.8) & (how < 0.9)
+    out[swap] = rnd[swap].to(out.dtype)
+    return out, labels

@@ -1,0 +1,201 @@
+"""Pre-training data: source resolution, sampling, split, packing, cache, MLM masking.
+
+Runs on small slices of the offline mirror ($DWT_DATA_DIR, default <repo>/data).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dwt_lib import corpus, data
+from dwt_lib.config import load_params
+
+pytestmark = pytest.mark.skipif(not (data.data_dir() / "corpora/wikipedia-en").is_dir(),
+                                reason="offline mirror not found: set DWT_DATA_DIR")
+
+SMALL = {"data.max_documents": 4, "data.max_sentences": 1500, "data.vocab_size": 400,
+         "data.max_seq_length": 32, "data.validation_fraction": 0.25}
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DWT_CACHE_DIR", str(d))
+        yield d
+
+
+@pytest.fixture(scope="module")
+def small(cache_dir):
+    return data.prepare_pretraining_data(load_params("smoke", SMALL))
+
+
+# ----------------------------------------------------------------------------- sources
+
+def test_resolve_local_folder_else_hub_id(tmp_path, monkeypatch):
+    (tmp_path / "org" / "present").mkdir(parents=True)
+    monkeypatch.setenv("DWT_DATA_DIR", str(tmp_path))
+    assert data.data_dir() == tmp_path
+    assert data.resolve("org/present") == str(tmp_path / "org" / "present")
+    assert data.resolve("org/absent") == "org/absent"
+
+
+def test_missing_source_fails_before_work_with_a_clear_message(tmp_path, monkeypatch):
+    empty = tmp_path / "mirror"
+    empty.mkdir()
+    monkeypatch.setenv("DWT_DATA_DIR", str(empty))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("DWT_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(data.DataSourceError) as e:
+        data.prepare_pretraining_data(load_params("smoke"))
+    msg = str(e.value)
+    assert "corpora/wikipedia-en" in msg and str(empty / "corpora/wikipedia-en") in msg
+    assert "DWT_DATA_DIR" in msg and "HF_HUB_OFFLINE" in msg
+    assert not (tmp_path / "cache").exists()          # nothing was started
+
+
+# ----------------------------------------------------------------------------- text
+
+def test_sampling_keeps_exactly_every_4th_sentence_globally():
+    lengths = [3, 1, 0, 7, 5, 2, 9]
+    docs, i = [], 0
+    for n in lengths:
+        docs.append([f"s{j}" for j in range(i, i + n)])
+        i += n
+    kept = corpus.sample_sentences(docs, 4)
+    assert [s for d in kept for s in d] == [f"s{j}" for j in range(0, i, 4)]
+    assert [len(d) for d in kept] == [1, 0, 0, 2, 1, 1, 2]          # stays with its document
+    capped = corpus.sample_sentences(docs, 4, max_sentences=3)
+    assert [s for d in capped for s in d] == ["s0", "s4", "s8"]
+    assert corpus.sample_sentences(docs, 1) == docs
+
+
+def test_cleaning_drops_headings_and_joins_wrapped_lines():
+    wiki = "Jane Doe is a writer from Ohio.\nEarly life.\nShe was born   in 1970. She moved away."
+    assert corpus.clean_document(wiki) == ["Jane Doe is a writer from Ohio.",
+                                           "She was born in 1970. She moved away."]
+    book = "CHAPTER I\n\nIt was a dark\nand stormy night.\n\n\n  The end came.\n"
+    assert corpus.clean_document(book) == ["It was a dark and stormy night.", "The end came."]
+    assert corpus.split_sentences(["The war ended in 1945. Dr. Jones left at 5 p.m. today. Good!"]) == [
+        "The war ended in 1945.", "Dr. Jones left at 5 p.m. today.", "Good!"]
+
+
+def test_split_is_by_document(small):
+    keys = [f"c#{i}" for i in range(500)]
+    m = corpus.validation_mask(keys, 0.1, seed=0)
+    assert 25 < sum(m) < 75 and m == corpus.validation_mask(keys, 0.1, seed=0)
+    assert m != corpus.validation_mask(keys, 0.1, seed=1)
+    st = small.stats
+    assert st["train_documents"] > 0 and st["validation_documents"] > 0
+    assert st["train_documents"] + st["validation_documents"] == st["documents"] == 8
+    # no validation block's content appears in a training block (blocks are document-pure)
+    strip = lambda t: tuple(x for x in t.tolist() if x >= 5)
+    train_rows = {strip(r) for r in small.train}
+    assert not any(strip(r) in train_rows for r in small.validation if len(strip(r)) >= 8)
+
+
+# ----------------------------------------------------------------------------- packing
+
+def test_blocks_start_with_cls_end_with_sep_and_never_mix_documents():
+    L, C = 12, 10
+    docs = [[[100 + i for i in range(7)], [110, 111, 112]],          # 10 tokens: one full block
+            [[200 + i for i in range(25)]],                           # long sentence: truncated to 10
+            [[300, 301], [302], [303 + i for i in range(12)]],        # 2 + 1 + 10 = 13: 2 blocks, tail 3 < 8 dropped
+            [[400, 401, 402]],                                        # short doc: its only block, padded
+            []]
+    b = data.pack_blocks(docs, L, cls_id=2, sep_id=3, pad_id=0)
+    assert b.shape == (4, L) and b.dtype == np.int32
+    assert (b[:, 0] == 2).all() and ((b == 3).sum(1) == 1).all()
+    for row in b:
+        sep = int(np.where(row == 3)[0][0])
+        assert (row[1:sep] > 3).all() and (row[sep + 1:] == 0).all()
+        assert len({int(x) // 100 for x in row[1:sep]}) == 1          # one document per block
+    assert b[1, 1:L - 1].tolist() == list(range(200, 210)) and b[1, L - 1] == 3
+    assert b[2, 1:L - 1].tolist() == [300, 301, 302] + list(range(303, 310))
+    assert b[3].tolist() == [2, 400, 401, 402, 3] + [0] * 7
+
+
+def test_real_blocks_are_well_formed(small):
+    tok, L = small.tokenizer, 32
+    assert small.train.dtype == torch.long and small.train.shape[1] == L
+    assert len(tok) == 400 and tok.cls_token_id is not None
+    for x in (small.train, small.validation):
+        assert (x[:, 0] == tok.cls_token_id).all()
+        assert ((x == tok.sep_token_id).sum(1) == 1).all()
+        assert ((x == tok.cls_token_id).sum(1) == 1).all()
+    assert (small.cache_dir / "tokenizer" / "tokenizer.json").exists()
+    assert small.stats["sentences_after_sampling"] == 1500
+    assert small.stats["sentences_before_sampling"] / 4 > 1500          # so capped by max_sentences
+
+
+# ----------------------------------------------------------------------------- cache
+
+def test_second_call_is_a_cache_hit(small, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("cache miss: the pipeline ran again")
+    for name in ("build", "tokenize_documents", "train_tokenizer", "pack_blocks"):
+        monkeypatch.setattr(data, name, boom)
+    again = data.prepare_pretraining_data(load_params("smoke", SMALL))
+    assert again.hash == small.hash and again.cache_dir == small.cache_dir
+    assert torch.equal(again.train, small.train) and torch.equal(again.validation, small.validation)
+    assert not list(small.cache_dir.parent.glob("*.tmp-*"))
+
+
+def test_any_input_change_changes_the_cache_dir(cache_dir):
+    base = load_params("smoke", SMALL)
+    p0 = data.cache_path(base.data)
+    assert p0.parent == cache_dir and p0.name == f"data-{data.data_hash(base.data)}"
+    changes = {"data.sample_every": 2, "data.max_documents": 5, "data.max_sentences": 100,
+               "data.validation_fraction": 0.3, "data.seed": 1, "data.vocab_size": 500,
+               "data.max_seq_length": 64, "data.tokenizer": "google-bert/bert-base-uncased",
+               "data.corpora": [{"id": "corpora/wikipedia-en"}]}
+    paths = {k: data.cache_path(base.replace(**{k: v}).data) for k, v in changes.items()}
+    assert p0 not in paths.values() and len(set(paths.values())) == len(paths)
+    assert data.cache_path(base.replace(**{"data.num_proc": 1}).data) == p0   # speed only
+
+
+# ----------------------------------------------------------------------------- masking
+
+@pytest.fixture(scope="module")
+def bert():
+    return data.load_tokenizer("google-bert/bert-base-uncased")
+
+
+def _batch(tok, n=400, L=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(1000, len(tok), (n, L), generator=g)
+    lens = torch.randint(L // 4, L - 1, (n,), generator=g)
+    pos = torch.arange(L)[None]
+    x = torch.where(pos < lens[:, None], x, torch.full_like(x, tok.pad_token_id))
+    x[:, 0] = tok.cls_token_id
+    x[torch.arange(n), lens] = tok.sep_token_id
+    return x
+
+
+def test_masking_rates_and_special_tokens(bert):
+    x = _batch(bert)
+    out, labels = data.mask_tokens(x, bert, 0.15, torch.Generator().manual_seed(1))
+    special = torch.isin(x, torch.tensor(bert.all_special_ids))
+    sel = labels != -100
+    assert not (sel & special).any() and torch.equal(out[special], x[special])
+    assert torch.equal(labels[sel], x[sel])
+    n = (~special).sum().item()
+    assert abs(sel.sum().item() / n - 0.15) < 0.01
+    k = sel.sum().item()
+    to_mask = (out[sel] == bert.mask_token_id).sum().item() / k
+    kept = (out[sel] == x[sel]).sum().item() / k
+    assert abs(to_mask - 0.8) < 0.02 and abs(kept - 0.1) < 0.02 and abs(1 - to_mask - kept - 0.1) < 0.02
+    assert not torch.isin(out[sel & (out != bert.mask_token_id)], torch.tensor(bert.all_special_ids)).any()
+    assert torch.equal(out[~sel], x[~sel])
+    assert torch.equal(data.attention_mask(x, bert.pad_token_id), (x != bert.pad_token_id).long())
+
+
+def test_masking_is_fully_determined_by_the_generator(bert):
+    x = _batch(bert, n=32)
+    a = data.mask_tokens(x, bert, 0.15, torch.Generator().manual_seed(7))
+    b = data.mask_tokens(x, bert, 0.15, torch.Generator().manual_seed(7))
+    c = data.mask_tokens(x, bert, 0.15, torch.Generator().manual_seed(8))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[1], c[1])
+    assert torch.equal(x, _batch(bert, n=32))                         # input left untouched
