@@ -82,3 +82,19 @@ class SparseMLM(torch.nn.Module):
     def forward(self, input_ids, attention_mask, select):
         hidden = self.mlm.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return self.mlm.cls(hidden[select])
+
+
+def train_flops_per_sequence(config: BertConfig, seq_len: int, head_tokens: float, train: bool = True) -> float:
+    """Model FLOPs of one sequence: encoder matmuls + attention scores + the MLM head on ``head_tokens``.
+
+    Per layer and token, the dense matmuls are 2 * (4 H^2 + 2 H I) FLOPs and attention adds
+    2 * 2 * S * H (QK^T and AV). The head (transform H x H and decoder H x V) runs only on
+    ``head_tokens`` positions (the masked ones with the sparse head). Training costs 3x the
+    forward (backward = 2x forward); ``train=False`` gives the forward only (the teacher).
+    Embedding look-ups are not FLOPs and are left out.
+    """
+    H, I, L = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    dense = 2 * (4 * H * H + 2 * H * I) * L * seq_len
+    attn = 2 * 2 * seq_len * seq_len * H * L
+    head = 2 * (H * H + H * config.vocab_size) * head_tokens
+    return (3.0 if train else 1.0) * (dense + attn + head)

@@ -1,0 +1,85 @@
+"""``dwt plan``: every run the studies need and what it costs, without running anything.
+
+Tokens and optimizer steps come from the processed data when its cache exists, else from
+the paper's own figure (30M sentences after 1-in-4 sampling) and a stated tokens-per-sentence
+assumption. FLOPs follow :func:`dwt_lib.models.train_flops_per_sequence`; GPU-hours assume
+A100 bf16 dense peak (312 TFLOP/s) at a stated utilisation.
+"""
+from __future__ import annotations
+
+from .config import Config
+from .models import bert_config, train_flops_per_sequence
+from .studies import all_run_names, named_run
+
+A100_BF16_PEAK = 312e12
+ASSUMED_MFU = 0.40
+PAPER_SENTENCES = 30e6            # the paper: "a reduced dataset of 30 million sentences"
+ASSUMED_TOKENS_PER_SENTENCE = 20  # BERT WordPiece, BookCorpus (~13 words) and Wikipedia (~25) mixed
+
+
+def _blocks(cfg: Config) -> tuple[int, str]:
+    from .data import cache_path
+    from .runs import read_json
+    p = cache_path(cfg.data) / "stats.json"
+    if p.exists():
+        return int(read_json(p)["train_blocks"]), "measured (processed-data cache)"
+    sentences = cfg.data.max_sentences or PAPER_SENTENCES
+    tokens = sentences * ASSUMED_TOKENS_PER_SENTENCE
+    return int(tokens / (cfg.data.max_seq_length - 2)), (
+        f"estimated: {sentences:.3g} sentences x {ASSUMED_TOKENS_PER_SENTENCE} tokens / "
+        f"{cfg.data.max_seq_length - 2} per block (data not prepared yet)")
+
+
+def make_plan(cfg: Config) -> dict:
+    """Rows (one per pre-training run) with steps, tokens, PFLOPs and A100-hours, plus totals."""
+    from .pretrain import global_batch, total_steps
+    n_blocks, source = _blocks(cfg)
+    world = cfg.launch.num_processes
+    steps = total_steps(cfg, n_blocks, world)
+    seqs = steps * global_batch(cfg, world)
+    L = cfg.data.max_seq_length
+    masked = cfg.data.mlm_probability * (L - 2)
+    soft_tokens = (L - 2) if cfg.distill.soft_loss_positions == "all" else masked
+    vocab = cfg.data.vocab_size
+    rows, seen = [], {}
+    for name in all_run_names(cfg):
+        run = named_run(cfg, name)
+        if run.id in seen:             # e.g. soft-normal is dwt-weak: trained once
+            rows.append({"run": name, "id": run.id, "same_as": seen[run.id]})
+            continue
+        seen[run.id] = name
+        scfg = bert_config(run.key["size"], vocab)
+        f = train_flops_per_sequence(scfg, L, soft_tokens if run.key.get("teacher") else masked)
+        teacher = None
+        if run.key.get("teacher"):
+            from .studies import teacher_name
+            teacher = named_run(cfg, teacher_name(cfg, name))
+            f += train_flops_per_sequence(bert_config(teacher.key["size"], vocab), L, soft_tokens, train=False)
+        flops = f * seqs
+        rows.append({"run": name, "id": run.id, "size": run.key["size"], "teacher": teacher.name if teacher else "",
+                     "steps": steps, "tokens": seqs * L, "pflop": flops / 1e15,
+                     "a100_hours": flops / (A100_BF16_PEAK * ASSUMED_MFU) / 3600})
+    ft_runs = len(cfg.finetune.tasks) * len(cfg.finetune.seeds)
+    return {"profile": cfg.profile, "blocks": n_blocks, "blocks_source": source, "world_size": world,
+            "global_batch": global_batch(cfg, world), "rows": rows,
+            "total_pflop": sum(r.get("pflop", 0) for r in rows),
+            "total_a100_hours": sum(r.get("a100_hours", 0) for r in rows),
+            "finetune_runs_per_snapshot": ft_runs, "assumed_mfu": ASSUMED_MFU}
+
+
+def format_plan(plan: dict) -> str:
+    """The plan as a table a person reads before spending GPU-hours."""
+    out = [f"profile {plan['profile']}: {plan['blocks']:,} training blocks ({plan['blocks_source']}), "
+           f"{plan['world_size']} process(es), global batch {plan['global_batch']}",
+           f"{'run':<22} {'size':<20} {'teacher':<22} {'steps':>10} {'tokens':>12} {'PFLOP':>10} {'A100-h':>8}"]
+    for r in plan["rows"]:
+        if "same_as" in r:
+            out.append(f"{r['run']:<22} = {r['same_as']} (same settings, trained once)")
+            continue
+        out.append(f"{r['run']:<22} {r['size']:<20} {r['teacher']:<22} {r['steps']:>10,} {r['tokens']:>12.3g} "
+                   f"{r['pflop']:>10.1f} {r['a100_hours']:>8.1f}")
+    out.append(f"total: {plan['total_pflop']:.1f} PFLOP = {plan['total_a100_hours']:.1f} A100-hours at "
+               f"{plan['assumed_mfu']:.0%} of the 312 TFLOP/s bf16 peak "
+               f"(= {plan['total_a100_hours'] / 8:.1f} h on 8 GPUs); plus {plan['finetune_runs_per_snapshot']} "
+               f"fine-tuning runs per pre-training snapshot")
+    return "\n".join(out)
