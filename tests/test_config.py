@@ -1,0 +1,125 @@
+"""Profiles load with the paper's values; bad files fail with the file and key path; hashes are stable."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from dwt_lib.config import PARAMS_DIR, Config, ConfigError, load_params
+
+PAPER = PARAMS_DIR / "paper.yaml"
+
+
+def _write(tmp_path, name, body):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(body))
+    return p
+
+
+def _child(tmp_path, body, name="child.yaml"):
+    """A profile that extends the paper profile (by absolute path) with ``body``."""
+    return _write(tmp_path, name, f"extends: {PAPER}\n" + textwrap.dedent(body))
+
+
+def test_paper_values_are_the_papers():
+    c = load_params("paper")
+    assert isinstance(c, Config) and c.profile == "paper"
+    assert c.pretrain.lr == 5e-4
+    assert c.pretrain.warmup_fraction == 0.05
+    assert c.pretrain.epochs == 20
+    assert c.pretrain.batch_size_per_device == 16
+    assert c.launch.num_processes == 8
+    assert c.data.max_seq_length == 128
+    assert c.data.sample_every == 4
+    assert c.data.mlm_probability == 0.15
+    assert c.data.vocab_size == 30522
+    assert c.distill.alpha_hard == 1.0 and c.distill.alpha_soft == {"kind": "constant", "value": 1.0}
+    assert c.finetune.lr == 2e-5
+    assert c.finetune.epochs == 3
+    assert c.finetune.epochs_per_task == {"mrpc": 5}
+    assert c.finetune.batch_size == 32
+    assert c.finetune.max_seq_length == 128
+    assert c.finetune.tasks == ("mnli", "qqp", "qnli", "sst2", "cola", "stsb", "mrpc")
+    assert set(c.model.teachers) == {"weak", "very_weak", "extremely_weak"}
+
+
+def test_smoke_extends_paper():
+    assert "extends: paper" in (PARAMS_DIR / "smoke.yaml").read_text()
+    p, s = load_params("paper"), load_params("smoke")
+    assert s.profile == "smoke"
+    assert s.model.student.startswith("tiny-")
+    # Not overridden in smoke: inherited from paper.
+    assert s.pretrain.warmup_fraction == p.pretrain.warmup_fraction
+    assert s.data.mlm_probability == p.data.mlm_probability
+    assert s.distill == p.distill
+    assert s.short_hash() != p.short_hash()
+
+
+def test_overrides_apply_and_validate():
+    c = load_params("smoke", {"pretrain.max_steps": 3, "distill.temperature": {"kind": "constant", "value": 2.0}})
+    assert c.pretrain.max_steps == 3 and c.distill.temperature["value"] == 2.0
+    with pytest.raises(ConfigError, match=r"overrides: pretrain\.nope\.x: unknown key path"):
+        load_params("smoke", {"pretrain.nope.x": 1})
+
+
+@pytest.mark.parametrize("body, key, what", [
+    ("pretrain:\n  lrr: 1.0e-3\n", "pretrain.lrr", "unknown key"),
+    ("pretrain:\n  batch_size_per_device: 16.5\n", "pretrain.batch_size_per_device", "expected an integer"),
+    ("pretrain:\n  lr: fast\n", "pretrain.lr", "expected a number"),
+    ("distill:\n  scale_by_t2: 1\n", "distill.scale_by_t2", "expected true or false"),
+    ("pretrain:\n  lr: -1.0e-3\n", "pretrain.lr", "expected a positive number, got -0.001"),
+    ("distill:\n  temperature: {kind: constant, value: 0}\n", "distill.temperature",
+     "a schedule of positive values"),
+    ("distill:\n  temperature: {kind: linear, start: 1.0, end: -1.0}\n", "distill.temperature",
+     "a schedule of positive values"),
+    ("distill:\n  alpha_soft: {kind: linear, start: 4}\n", "distill.alpha_soft", "takes keys"),
+])
+def test_errors_name_file_and_key(tmp_path, body, key, what):
+    path = _child(tmp_path, body)
+    with pytest.raises(ConfigError) as e:
+        load_params(path)
+    msg = str(e.value)
+    assert str(path) in msg and f"{key}:" in msg and what in msg, msg
+
+
+def test_missing_extends_target(tmp_path):
+    path = _write(tmp_path, "orphan.yaml", "extends: no_such_profile\n")
+    with pytest.raises(ConfigError, match="params file not found") as e:
+        load_params(path)
+    assert f"{path}: extends:" in str(e.value) and "no_such_profile" in str(e.value)
+
+
+def test_teacher_vocab_mismatch(tmp_path):
+    # Student and data on a 2000-token vocabulary; the paper teachers are pinned to 30522.
+    path = _child(tmp_path, "data:\n  vocab_size: 2000\nmodel:\n  student: tiny-student\n")
+    with pytest.raises(ConfigError, match="model.teachers.weak: size 'paper-teacher-4l' has vocab 30522") as e:
+        load_params(path)
+    assert str(path) in str(e.value) and "share one vocabulary" in str(e.value)
+
+
+def test_unknown_model_size(tmp_path):
+    path = _child(tmp_path, "model:\n  student: giant\n")
+    with pytest.raises(ConfigError, match="model.student: unknown model size 'giant'"):
+        load_params(path)
+
+
+def test_short_hash_stable_across_processes():
+    here = load_params("smoke").short_hash()
+    # The hash depends only on the config's values; a stub ``transformers`` keeps the child
+    # process from spending seconds importing the real one (models.py needs only SIZES here).
+    code = ("import sys, types; sys.modules['transformers'] = types.SimpleNamespace("
+            "BertConfig=None, BertForMaskedLM=None); "
+            "from dwt_lib.config import load_params; print(load_params('smoke').short_hash())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONHASHSEED": "123", "PATH": ""})
+    assert out.stdout.strip() == here
+
+
+def test_short_hash_ignores_key_order_and_tracks_values(tmp_path):
+    a = _child(tmp_path, "pretrain:\n  lr: 1.0e-3\n  seed: 7\ndata:\n  sample_every: 2\n", "a.yaml")
+    b = _child(tmp_path, "data:\n  sample_every: 2\npretrain:\n  seed: 7\n  lr: 1.0e-3\n", "b.yaml")
+    ca, cb = load_params(a), load_params(b)
+    assert ca.profile != cb.profile
+    assert ca.short_hash() == cb.short_hash()
+    assert ca.replace(**{"pretrain.seed": 8}).short_hash() != ca.short_hash()
+    assert load_params(a, {"pretrain.lr": 2e-3}).short_hash() != ca.short_hash()
