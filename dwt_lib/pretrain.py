@@ -224,8 +224,9 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
         if key.get("init") == "remap":
             from .remap import remap_parameters
             report = remap_parameters(teacher.mlm, mlm)
-            if main:
+            if main and not (out / "init").exists():   # the starting point, for the remap check
                 atomic_write_json(out / "remap_report.json", report.to_dict())
+                save_model(mlm, None, out / "init")
     elif key.get("init") == "remap":
         raise ValueError(f"run {run.name}: init 'remap' needs a teacher")
 
