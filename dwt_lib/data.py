@@ -319,6 +319,8 @@ def mask_tokens(input_ids: torch.Tensor, tokenizer, mlm_probability: float = 0.1
     generator (a ``seed`` at construction, not one per call) and draws random replacements from
     the whole vocabulary, special tokens included.
     """
+    device = input_ids.device        # draws happen on the (CPU) generator's device, results move back
+    input_ids = input_ids.cpu()
     special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=input_ids.dtype)
     can_mask = ~torch.isin(input_ids, special)
     u = torch.rand(input_ids.shape, generator=generator)
@@ -333,7 +335,7 @@ def mask_tokens(input_ids: torch.Tensor, tokenizer, mlm_probability: float = 0.1
     out[selected & (how < 0.8)] = tokenizer.mask_token_id
     swap = selected & (how >= 0.8) & (how < 0.9)
     out[swap] = rnd[swap].to(out.dtype)
-    return out, labels
+    return out.to(device), labels.to(device)
 
 
 # ----------------------------------------------------------------------------- reporting
