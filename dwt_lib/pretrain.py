@@ -139,9 +139,19 @@ def _set_rng_state(st: dict) -> None:
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint we resume from (they will be written again)."""
+    """Drop log lines written after the checkpoint we resume from (they will be written again).
+
+    ``step`` 0 (no checkpoint yet) empties the log. A line cut short by a kill is dropped too.
+    """
     if path.exists():
-        keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= step]
+        keep = []
+        for ln in path.read_text().splitlines():
+            try:
+                rec = json.loads(ln)
+            except json.JSONDecodeError:        # half a line written when the process was killed
+                continue
+            if rec.get("step", 0) <= step:
+                keep.append(ln)
         path.write_text("".join(ln + "\n" for ln in keep))
 
 
@@ -248,6 +258,8 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
         return torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=bf16)
 
     step = 0
+    window: list[torch.Tensor] = []            # per-step [total, hard, soft] since the last log line
+    tokens_since = 0
     if ckpt_path.exists():                       # resume: weights, optimizer, schedule, RNG, position
         st = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         acc.unwrap_model(model).load_state_dict(st["model"])
@@ -255,8 +267,10 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
         sched.load_state_dict(st["scheduler"])
         _set_rng_state(st["rng"])
         step = st["step"]
-        if main:
-            _truncate_log(log_path, step)
+        # the steps since the last log line, so the next line averages the same steps as without a kill
+        window, tokens_since = list(st.get("window", [])), st.get("tokens_since", 0)
+    if main:                                     # no checkpoint: drop the lines of a run killed before one
+        _truncate_log(log_path, step)
     acc.wait_for_everyone()
 
     def save_checkpoint():
@@ -264,7 +278,8 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
             ckpt_path.parent.mkdir(parents=True, exist_ok=True)
             tmp = ckpt_path.with_suffix(".tmp")
             torch.save({"model": acc.unwrap_model(model).state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "rng": _rng_state(), "step": step}, tmp)
+                        "scheduler": sched.state_dict(), "rng": _rng_state(), "step": step,
+                        "window": window, "tokens_since": tokens_since}, tmp)
             os.replace(tmp, ckpt_path)
             atomic_write_json(out / "progress.json", {"step": step, "total_steps": total,
                                                       "elapsed_s": elapsed + time.time() - t_start})
@@ -277,8 +292,6 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
     if (out / "progress.json").exists():
         elapsed = json.loads((out / "progress.json").read_text()).get("elapsed_s", 0.0)
     t_start = t_log = time.time()
-    window: list[torch.Tensor] = []            # per-step [total, hard, soft] since the last log line
-    tokens_since = 0
     bar = tqdm(total=total, initial=step, disable=not (progress and main), desc=run.name, dynamic_ncols=True)
     while step < total:
         idx = batch_indices(step, n_blocks, gbs, pc.seed)
@@ -331,6 +344,9 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
         if step % pc.log_every == 0 or step == total:
             w = torch.stack(window).mean(0).tolist()
             now = time.time()
+            # "step" counts optimizer steps done; loss/hard/soft average the steps since the last
+            # line; alpha_soft and tau are the values used by the optimizer step that produced this
+            # line, i.e. schedule(step - 1, total) (the loop's 0-based step before the increment).
             rec = {"step": step, "loss": w[0], "hard": w[1], "soft": w[2], "alpha_soft": a_s, "tau": tau,
                    "lr": sched.get_last_lr()[0], "tokens_per_s": tokens_since / max(now - t_log, 1e-9),
                    "elapsed_s": elapsed + now - t_start}
