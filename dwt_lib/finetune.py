@@ -46,26 +46,36 @@ def build_classifier(model_path_or_model, task: str, seed: int):
     t = get_task(task)
     kw = dict(num_labels=t.num_labels,
               problem_type="regression" if t.is_regression else "single_label_classification")
-    torch.manual_seed(seed)
     if isinstance(model_path_or_model, (str, bytes)) or hasattr(model_path_or_model, "__fspath__"):
-        verbosity = hf_logging.get_verbosity()
+        verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
         hf_logging.set_verbosity_error()    # "some weights newly initialised" is expected here
+        hf_logging.disable_progress_bar()
         try:
-            return BertForSequenceClassification.from_pretrained(str(model_path_or_model), **kw)
+            clf = BertForSequenceClassification.from_pretrained(str(model_path_or_model), **kw)
         finally:
             hf_logging.set_verbosity(verbosity)
-    src = model_path_or_model
-    if not hasattr(src, "bert"):
-        raise TypeError(f"expected a checkpoint directory or a BERT model with a .bert encoder, "
-                        f"got {type(src).__name__}")
-    config = src.config.__class__.from_dict(src.config.to_dict())
-    for k, v in kw.items():
-        setattr(config, k, v)
-    clf = BertForSequenceClassification(config)
-    missing, unexpected = clf.bert.load_state_dict(src.bert.state_dict(), strict=False)
-    bad = [k for k in missing if not k.startswith("pooler.")] + list(unexpected)
-    if bad:
-        raise ValueError(f"encoder weights do not fit the classifier: {bad[:5]}")
+            if bars:
+                hf_logging.enable_progress_bar()
+    else:
+        src = model_path_or_model
+        if not hasattr(src, "bert"):
+            raise TypeError(f"expected a checkpoint directory or a BERT model with a .bert encoder, "
+                            f"got {type(src).__name__}")
+        config = src.config.__class__.from_dict(src.config.to_dict())
+        for k, v in kw.items():
+            setattr(config, k, v)
+        clf = BertForSequenceClassification(config)
+        missing, unexpected = clf.bert.load_state_dict(src.bert.state_dict(), strict=False)
+        bad = [k for k in missing if not k.startswith("pooler.")] + list(unexpected)
+        if bad:
+            raise ValueError(f"encoder weights do not fit the classifier: {bad[:5]}")
+    # The new head (pooler, classifier) gets BERT's init from ``seed`` alone, the same whichever
+    # way the encoder arrived (from_pretrained and the constructor consume the RNG differently).
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for lin in (clf.bert.pooler.dense, clf.classifier):
+            lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) * clf.config.initializer_range)
+            lin.bias.zero_()
     return clf
 
 

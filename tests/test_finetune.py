@@ -1,0 +1,101 @@
+"""Fine-tuning: encoder weights carried over, baselines, the score table, and learning on SST-2."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dwt_lib import finetune as ft_mod
+from dwt_lib import models
+from dwt_lib.config import load_params
+from dwt_lib.data import resolve
+
+needs_mirror = pytest.mark.skipif(
+    not Path(resolve("nyu-mll/glue")).is_dir() or not Path(resolve("google-bert/bert-base-uncased")).is_dir(),
+    reason="offline GLUE / tokenizer mirror not found (set DWT_DATA_DIR)")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(resolve("google-bert/bert-base-uncased"))
+
+
+@pytest.fixture(scope="module")
+def smoke_ft():
+    return load_params("smoke").finetune
+
+
+def _tiny(vocab_size: int, size: str = "tiny-student", seed: int = 0):
+    torch.manual_seed(seed)
+    return models.build_model(size, vocab_size=vocab_size)
+
+
+def test_build_classifier_copies_encoder(tmp_path):
+    mlm = _tiny(500, "tiny-teacher-1l")
+    before = {k: v.clone() for k, v in mlm.bert.state_dict().items()}
+    clf = ft_mod.build_classifier(mlm, "stsb", seed=3)
+    assert clf.config.num_labels == 1 and clf.config.problem_type == "regression"
+    for k, v in mlm.bert.state_dict().items():
+        assert torch.equal(clf.bert.state_dict()[k], v), k
+        assert torch.equal(before[k], v)                      # the source is left untouched
+    mlm.save_pretrained(tmp_path / "ckpt")
+    clf2 = ft_mod.build_classifier(tmp_path / "ckpt", "mrpc", seed=3)
+    assert clf2.config.num_labels == 2
+    w = "encoder.layer.0.attention.self.query.weight"
+    assert torch.equal(clf2.bert.state_dict()[w], mlm.bert.state_dict()[w])
+    # same seed -> same fresh head, from a path or from the object
+    assert torch.equal(ft_mod.build_classifier(mlm, "mrpc", seed=3).classifier.weight,
+                       clf2.classifier.weight)
+
+
+def test_majority_baseline():
+    assert ft_mod.majority_baseline("sst2", [1, 1, 0], [1, 0, 0, 0]) == pytest.approx(25.0)
+    assert ft_mod.majority_baseline("cola", [1, 1, 0], [1, 0, 0, 0]) == 0.0     # MCC of a constant
+    # MRPC: predict 1 everywhere -> accuracy 50, F1 = 2*0.5/(1.5) = 66.67
+    assert ft_mod.majority_baseline("mrpc", [1, 1, 0], [1, 0, 1, 0]) == pytest.approx((50 + 200 / 3) / 2)
+    assert ft_mod.majority_baseline("stsb", [0.5, 4.0], [1.0, 2.0, 3.0]) == 0.0
+
+
+def test_glue_scores_table():
+    res = [dict(task="sst2", seed=1, score=80.0, majority_baseline=50.9),
+           dict(task="sst2", seed=2, score=84.0, majority_baseline=50.9),
+           dict(task="cola", seed=1, score=20.0, majority_baseline=0.0)]
+    t = ft_mod.glue_scores(res)
+    assert list(t.index) == ["sst2", "cola", "glue_avg"]      # TASKS order, average last
+    assert t.loc["sst2", "mean"] == pytest.approx(82.0)
+    assert t.loc["sst2", "std"] == pytest.approx(np.std([80.0, 84.0], ddof=1))
+    assert t.loc["cola", "std"] == 0.0 and t.loc["cola", "n_seeds"] == 1
+    assert t.loc["glue_avg", "mean"] == pytest.approx((82.0 + 20.0) / 2)
+
+
+@needs_mirror
+def test_vocab_mismatch_is_a_clear_error(tokenizer, smoke_ft):
+    with pytest.raises(ValueError, match="vocab_size 500 differs from the tokenizer's 30522"):
+        ft_mod.finetune(_tiny(500, "tiny-teacher-1l"), "sst2", smoke_ft, tokenizer, seed=1, progress=False)
+
+
+@needs_mirror
+def test_smoke_profile_runs_each_path(tokenizer, smoke_ft):
+    """Regression (STS-B) and bf16 autocast paths end to end, on a handful of examples."""
+    cfg = dataclasses.replace(smoke_ft, max_train_examples=32, max_eval_examples=24, precision="bf16")
+    r = ft_mod.finetune(_tiny(len(tokenizer), "tiny-teacher-1l"), "stsb", cfg, tokenizer, seed=1,
+                        progress=False)
+    assert r["task"] == "stsb" and r["n_train"] == 32 and r["n_eval"] == 24
+    assert set(r["metrics"]) == {"pearson", "spearmanr", "score"} and r["majority_baseline"] == 0.0
+    assert r["examples_per_s"] > 0 and r["wall_time_s"] > 0
+
+
+@needs_mirror
+def test_finetune_beats_majority_on_sst2(tokenizer, smoke_ft):
+    """No pre-trained model exists offline: a random tiny BERT must still pick up the
+    bag-of-words sentiment signal of 2,000 SST-2 sentences and beat the majority class."""
+    cfg = dataclasses.replace(smoke_ft, lr=1e-3, epochs=2, batch_size=32, warmup_fraction=0.1,
+                              max_train_examples=2000, max_eval_examples=None)
+    r = ft_mod.finetune(_tiny(len(tokenizer)), "sst2", cfg, tokenizer, seed=1, progress=False)
+    assert r["n_train"] == 2000 and r["n_eval"] == 872
+    assert r["majority_baseline"] == pytest.approx(100 * 444 / 872)
+    assert r["score"] > r["majority_baseline"] + 5, r
