@@ -244,6 +244,9 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
     opt = make_optimizer(model, cfg)
     n_blocks = len(data.train)
     world = acc.num_processes
+    if key.get("world_size", world) != world:    # the launcher started another number of processes
+        raise RuntimeError(f"run {run.name}: launch.num_processes is {key['world_size']} but {world} "
+                           f"process(es) are running: check launch.accelerate_config")
     gbs = global_batch(cfg, world)
     total = total_steps(cfg, n_blocks, world)
     warmup = max(1, round(pc.warmup_fraction * total))

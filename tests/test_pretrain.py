@@ -283,7 +283,7 @@ def test_sigkill_and_resume_matches_uninterrupted(tmp_path, monkeypatch):
     finally:
         if proc.poll() is None:
             proc.kill()
-    (d,) = list(runs_dir.glob("student-*"))
+    (d,) = [p for p in runs_dir.glob("student-*") if p.is_dir()]
     assert not (d / "result.json").exists()
 
     # meanwhile: the uninterrupted run, in this process
@@ -337,7 +337,7 @@ def test_same_run_from_two_processes_trains_once(tmp_path):
     outs = [(tmp_path / f"p{i}.txt").read_text() for i in range(2)]
     assert sum(o.count("[dwt] starting student") for o in outs) == 1, outs
     assert not any("resuming" in o for o in outs)
-    (d,) = list((tmp_path / "smoke" / "runs").glob("student-*"))
+    (d,) = [p for p in (tmp_path / "smoke" / "runs").glob("student-*") if p.is_dir()]
     steps = [json.loads(ln)["step"] for ln in (d / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
     final = [ln for o in outs for ln in o.splitlines() if ln.startswith("student: held-out")]
