@@ -154,8 +154,11 @@ def remap_check(cfg: Config, name: str) -> dict:
     teacher = load_file(str(teacher_dir / "model.safetensors"))
     sources = report["sources"]
     copied = {k: v for k, v in sources.items() if v != "random"}
-    equal = sum(1 for k, v in copied.items() if k in init and v in teacher and torch.equal(init[k], teacher[v]))
-    return {"copied": len(copied), "copied_and_equal": equal,
+    # Tied aliases (decoder = word embeddings) and non-persistent buffers are not in the saved files.
+    compared = {k: v for k, v in copied.items() if k in init and v in teacher}
+    equal = sum(1 for k, v in compared.items() if torch.equal(init[k], teacher[v]))
+    return {"copied": len(copied), "compared": len(compared), "copied_and_equal": equal,
+            "not_in_saved_files": sorted(set(copied) - set(compared)),
             "random": sum(1 for v in sources.values() if v == "random"),
             "layer_sources": sorted({(k.split(".")[3], v.split(".")[3]) for k, v in copied.items()
                                      if ".encoder.layer." in k})}
@@ -189,6 +192,6 @@ def over_training_summary(res: dict) -> str:
     else:
         rc = res.get("remap_check", {})
         text += (f" The paper found remapping (PR O) worse than random initialisation (PR X) throughout. "
-                 f"Remap check: {rc.get('copied_and_equal')} of {rc.get('copied')} copied tensors equal "
+                 f"Remap check: {rc.get('copied_and_equal')} of {rc.get('compared')} copied tensors equal "
                  f"the teacher's at initialisation.")
     return text

@@ -1,0 +1,144 @@
+"""Figures, drawn only from result files (``outputs/<profile>/results/*.json``).
+
+Every function takes the path of a result file, draws, saves PNG and SVG under
+``outputs/<profile>/figures/`` and returns the figure. No number is typed in here: the
+paper's reported values come from the result file too, where they are labelled as the paper's.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+from .runs import read_json
+
+COLORS = {"teacher": "#4C72B0", "student": "#C44E52", "dwt": "#55A868", "soft-normal": "#55A868",
+          "soft-strong": "#DD8452", "soft-decay": "#8172B3", "remap": "#937860"}
+STYLE = {"axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
+         "font.size": 10, "figure.dpi": 110, "savefig.bbox": "tight"}
+
+
+def figures_dir(result_path: Path) -> Path:
+    """``outputs/<profile>/figures`` next to the ``results`` folder of a result file."""
+    return Path(result_path).parent.parent / "figures"
+
+
+def save(fig, result_path: Path, name: str) -> list[Path]:
+    """Save ``fig`` as ``<name>.png`` and ``<name>.svg`` in the profile's figures folder."""
+    d = figures_dir(result_path)
+    d.mkdir(parents=True, exist_ok=True)
+    paths = [d / f"{name}.png", d / f"{name}.svg"]
+    for p in paths:
+        fig.savefig(p)
+    return paths
+
+
+def _color(run: str) -> str:
+    for k in (run, run.split("-")[0]):
+        if k in COLORS:
+            return COLORS[k]
+    return "#333333"
+
+
+def teacher_quality(result_path: Path):
+    """Fig. 2: GLUE average against parameter count; an arrow from each teacher to its DWT student,
+    labelled with the gain over the standalone student."""
+    res = read_json(result_path)
+    runs = res["runs"]
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name, r in runs.items():
+            kind = name.split("-")[0]
+            marker = {"teacher": "o", "student": "*", "dwt": "s"}[kind]
+            ax.scatter(r["params"] / 1e6, r["glue_avg"], s=160 if kind == "student" else 70, marker=marker,
+                       color=_color(name), zorder=3, label={"teacher": "teachers (alone)", "student":
+                       "student (alone)", "dwt": "students with DWT"}[kind])
+            ax.annotate(name, (r["params"] / 1e6, r["glue_avg"]), textcoords="offset points", xytext=(6, -12),
+                        fontsize=8, color="#444444")
+        for role in res["roles"]:
+            t, s = runs[f"teacher-{role}"], runs[f"dwt-{role}"]
+            g = res["dwt_gain"][role]
+            ax.annotate("", xy=(s["params"] / 1e6, s["glue_avg"]), xytext=(t["params"] / 1e6, t["glue_avg"]),
+                        arrowprops=dict(arrowstyle="->", color="#888888", lw=1, shrinkA=6, shrinkB=6))
+            mid = ((t["params"] + s["params"]) / 2e6, (t["glue_avg"] + s["glue_avg"]) / 2)
+            ax.annotate(f"{g:+.2f} (paper {res['paper']['dwt_gain'][role]:+.2f})", mid, fontsize=8,
+                        color="#2a7a3a" if g > 0 else "#a33", ha="center",
+                        bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.8))
+        ax.axhline(runs["student"]["glue_avg"], color=COLORS["student"], lw=0.8, ls="--", alpha=0.6)
+        h, lab = ax.get_legend_handles_labels()
+        uniq = dict(zip(lab, h))
+        ax.legend(uniq.values(), uniq.keys(), loc="lower right", fontsize=8)
+        ax.set_xlabel("parameters (M)")
+        ax.set_ylabel(f"GLUE average ({', '.join(res['tasks'])})")
+        ax.set_title(f"Teacher quality ({res['provenance']['profile']} profile): DWT gain over the standalone student")
+        save(fig, result_path, "03_teacher_quality")
+    return fig
+
+
+def over_training(result_path: Path, name: str):
+    """Fig. 3 / 4: per-task fine-tuning score at each pre-training snapshot, one panel per task,
+    mean over seeds with the seed range shaded."""
+    res = read_json(result_path)
+    tasks = res["tasks"]
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, len(tasks), figsize=(3.4 * len(tasks), 3.2), squeeze=False)
+        for ax, task in zip(axes[0], tasks):
+            for run in res["runs"]:
+                pts = sorted((s["fraction"], s["mean"], min(s["scores"]), max(s["scores"]))
+                             for s in res["scores"] if s["run"] == run and s["task"] == task)
+                if not pts:
+                    continue
+                x, m, lo, hi = zip(*pts)
+                label = _label(run, res)
+                ax.plot(x, m, marker="o", color=_color(run), label=label)
+                ax.fill_between(x, lo, hi, color=_color(run), alpha=0.15, lw=0)
+            ax.set_title(task.upper())
+            ax.set_xlabel("fraction of pre-training")
+            ax.set_xticks(res["fractions"])
+        axes[0][0].set_ylabel("validation score")
+        axes[0][-1].legend(fontsize=8)
+        fig.suptitle(f"{_title(res)} ({res['provenance']['profile']} profile; {len(res['seeds'])} seed(s))")
+        save(fig, result_path, name)
+    return fig
+
+
+def loss_curves(result_path: Path, name: str):
+    """Pre-training hard (MLM) and soft (KL) loss against step for each run of a study, with a_s."""
+    res = read_json(result_path)
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+        for run, log in res["logs"].items():
+            if not log:
+                continue
+            step = [r["step"] for r in log]
+            c, label = _color(run), _label(run, res)
+            axes[0].plot(step, [r["hard"] for r in log], color=c, label=label)
+            axes[1].plot(step, [r["soft"] for r in log], color=c, label=label)
+            axes[2].plot(step, [r["alpha_soft"] for r in log], color=c, label=label)
+            ev = [(r["step"], r["eval_mlm_loss"]) for r in log if "eval_mlm_loss" in r]
+            if ev:
+                axes[0].plot(*zip(*ev), color=c, ls=":", marker=".", alpha=0.8)
+        for ax, t in zip(axes, ("hard loss: MLM cross-entropy (dotted: held-out)", "soft loss: KL(teacher || student)",
+                                "soft weight a_s")):
+            ax.set_title(t, fontsize=9)
+            ax.set_xlabel("step")
+        axes[2].legend(fontsize=8)
+        save(fig, result_path, name)
+    return fig
+
+
+def _label(run: str, res: dict) -> str:
+    if res["study"] == "soft_weight":
+        spec = res.get("schedules", {}).get(run, {})
+        if spec.get("kind") == "constant":
+            return f"{run[5:]} (a_s={spec['value']:g})"
+        if spec.get("kind") in ("linear", "cosine"):
+            return f"{run[5:]} (a_s {spec['start']:g}→{spec['end']:g})"
+        return run
+    if res["study"] == "param_remap":
+        return "PR (O): remapped init" if run.startswith("remap-") else "PR (X): random init"
+    return run
+
+
+def _title(res: dict) -> str:
+    return {"soft_weight": "Soft-loss weight", "param_remap": "Parameter remapping"}.get(res["study"], res["study"])

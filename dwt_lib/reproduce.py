@@ -1,0 +1,56 @@
+"""``dwt reproduce``: execute every notebook in order with papermill for one profile.
+
+Executed copies go to ``outputs/<profile>/notebooks/``; the notebooks write figures to
+``outputs/<profile>/figures/`` and results to ``outputs/<profile>/results/``. Runs finished
+by an earlier call are reused, so a second call trains nothing. A failing cell stops the
+reproduction with a non-zero exit that names the notebook and the cell.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from .config import load_params
+from .runs import REPO, outputs_dir
+
+NOTEBOOKS = REPO / "notebooks"
+
+
+def notebooks(only: Optional[list[str]] = None) -> list[Path]:
+    """The numbered notebooks in order, optionally only those whose names start with a prefix in ``only``."""
+    nbs = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        nbs = [p for p in nbs if any(p.name.startswith(o) for o in only)]
+    return nbs
+
+
+def reproduce(profile: str, only: Optional[list[str]] = None, overrides: Optional[dict] = None) -> int:
+    """Run the notebooks for ``profile`` (a name or a YAML path); return a process exit code."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    cfg = load_params(profile, overrides)          # fail on a bad profile before starting a kernel
+    out = outputs_dir(cfg) / "notebooks"
+    out.mkdir(parents=True, exist_ok=True)
+    nbs = notebooks(only)
+    if not nbs:
+        print(f"dwt reproduce: no notebooks match {only} in {NOTEBOOKS}", file=sys.stderr)
+        return 2
+    t_all = time.time()
+    for i, nb in enumerate(nbs, 1):
+        print(f"[{i}/{len(nbs)}] {nb.name} (profile {cfg.profile})", flush=True)
+        t0 = time.time()
+        try:
+            pm.execute_notebook(str(nb), str(out / nb.name), kernel_name="python3", progress_bar=True,
+                                parameters={"profile": str(profile), "overrides": dict(overrides or {})},
+                                cwd=str(NOTEBOOKS))
+        except PapermillExecutionError as e:
+            print(f"dwt reproduce: {nb.name} failed at cell {e.exec_count} ({e.ename}: {e.evalue}); "
+                  f"the executed copy with the traceback is {out / nb.name}", file=sys.stderr)
+            return 1
+        print(f"    done in {time.time() - t0:.0f} s -> {out / nb.name}", flush=True)
+    print(f"reproduced {len(nbs)} notebooks for profile {cfg.profile} in {time.time() - t_all:.0f} s; "
+          f"figures in {outputs_dir(cfg) / 'figures'}")
+    return 0
