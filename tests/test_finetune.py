@@ -92,10 +92,14 @@ def test_smoke_profile_runs_each_path(tokenizer, smoke_ft):
 @needs_mirror
 def test_finetune_beats_majority_on_sst2(tokenizer, smoke_ft):
     """No pre-trained model exists offline: a random tiny BERT must still pick up the
-    bag-of-words sentiment signal of 2,000 SST-2 sentences and beat the majority class."""
-    cfg = dataclasses.replace(smoke_ft, lr=1e-3, epochs=2, batch_size=32, warmup_fraction=0.1,
+    bag-of-words sentiment signal of 2,000 SST-2 sentences and beat the majority class.
+
+    One layer and lr 3e-3: measured 68-71% over seeds 0-6 (5-10 s each). The random 6-layer
+    tiny-student at lr 1e-3 / 3e-3 stays at the majority class for some seeds (loss ~0.68)."""
+    cfg = dataclasses.replace(smoke_ft, lr=3e-3, epochs=2, batch_size=32, warmup_fraction=0.0,
                               max_train_examples=2000, max_eval_examples=None)
-    r = ft_mod.finetune(_tiny(len(tokenizer)), "sst2", cfg, tokenizer, seed=1, progress=False)
+    model = _tiny(len(tokenizer), "tiny-teacher-1l", seed=1)
+    r = ft_mod.finetune(model, "sst2", cfg, tokenizer, seed=1, progress=False)
     assert r["n_train"] == 2000 and r["n_eval"] == 872
     assert r["majority_baseline"] == pytest.approx(100 * 444 / 872)
-    assert r["score"] > r["majority_baseline"] + 5, r
+    assert r["score"] > r["majority_baseline"] + 10, r
