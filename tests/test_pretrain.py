@@ -233,8 +233,9 @@ def test_load_teacher_checks_vocab_and_size(tmp_path):
 
 # ----------------------------------------------------------------------------- processes
 
-# 8 steps; log every 2 but checkpoint every 3, so a resume starts mid-window (step 3 of the 3-4 line)
-KILL = {**BASE, "pretrain.max_steps": 8, "pretrain.log_every": 2, "pretrain.checkpoint_every": 3,
+# 12 steps; log every 2 but checkpoint every 3, so a resume from step 3 or 9 starts mid-window
+# (the 3-4 line averages steps 3 and 4). The kill comes at step >= 4, well before the end.
+KILL = {**BASE, "pretrain.max_steps": 12, "pretrain.log_every": 2, "pretrain.checkpoint_every": 3,
         "pretrain.eval_every": 4}
 
 
