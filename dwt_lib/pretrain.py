@@ -14,6 +14,7 @@ DWT (Eq. 3: a_h * MLM + a_s(t) * tau(t)^2 * KL(teacher || student)). Read it top
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -153,6 +154,30 @@ def _truncate_log(path: Path, step: int) -> None:
             if rec.get("step", 0) <= step:
                 keep.append(ln)
         path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def dwt_losses(model, teacher, ids, attn, select, y, *, autocast=contextlib.nullcontext, alpha_hard=1.0,
+               alpha_soft=1.0, temperature=1.0, scale_by_t2=True, n_hard=None, n_soft=None):
+    """One micro-batch of Eq. 3: ``(loss, hard, soft)`` for the student ``model`` (a :class:`SparseMLM`).
+
+    The student runs under ``autocast`` with the MLM head on the ``select``ed positions only; the
+    teacher (or None) runs the same positions under ``no_grad`` (not ``inference_mode``: its
+    outputs meet the student's graph). ``y`` holds the labels of the selected positions (-100
+    where the hard loss ignores one). The parts are scaled by ``n_selected / n_hard`` and
+    ``n_selected / n_soft`` so that summing micro-batches gives the mean over the global batch's
+    ``n_hard`` masked and ``n_soft`` soft-loss tokens; None means this micro-batch is the batch.
+    """
+    with autocast():
+        logits = model(ids, attn, select)
+    n_y = int((y != -100).sum())
+    h = hard_loss(logits, y) * (n_y / (n_hard or n_y)) if n_y else logits.sum() * 0.0
+    s = torch.zeros((), device=logits.device)
+    if teacher is not None:
+        with torch.no_grad(), autocast():
+            t_logits = teacher(ids, attn, select)
+        s = soft_loss(logits, t_logits, temperature=temperature, scale_by_t2=scale_by_t2) * (
+            len(y) / (n_soft or len(y)))
+    return alpha_hard * h + alpha_soft * s, h, s
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -316,18 +341,10 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
             attn = pad_all[lo:lo + bs].to(acc.device)
             select = attn if soft_all else labels != -100
             y = labels[select]
-            ctx = acc.no_sync(model) if m < accum - 1 else _nullcontext()
-            with ctx:
-                with autocast():
-                    logits = model(ids, attn, select)
-                n_y = int((y != -100).sum())
-                h = hard_loss(logits, y) * (n_y / n_hard) if n_y else logits.sum() * 0.0
-                s = torch.zeros((), device=acc.device)
-                if teacher is not None:
-                    with torch.no_grad(), autocast():
-                        t_logits = teacher(ids, attn, select)
-                    s = soft_loss(logits, t_logits, temperature=tau, scale_by_t2=dc.scale_by_t2) * (len(y) / n_soft)
-                loss = dc.alpha_hard * h + a_s * s
+            with acc.no_sync(model) if m < accum - 1 else contextlib.nullcontext():
+                loss, h, s = dwt_losses(model, teacher, ids, attn, select, y, autocast=autocast,
+                                        alpha_hard=dc.alpha_hard, alpha_soft=a_s, temperature=tau,
+                                        scale_by_t2=dc.scale_by_t2, n_hard=n_hard, n_soft=n_soft)
                 acc.backward(loss * world)
             parts += torch.stack([loss.detach(), h.detach(), s.detach()]).float().cpu()
         window.append(acc.reduce(parts.to(acc.device), "sum").cpu() if world > 1 else parts)
@@ -378,9 +395,3 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
             "data_hash": data.hash}
 
 
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
