@@ -18,8 +18,11 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The notebooks run at smoke scale into a throw-away outputs folder, so tests never rewrite the
+# committed outputs/<profile>/ figures and results.
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider tests --nbval-lax notebooks
+	tmp=$$(mktemp -d) && DWT_OUTPUTS_DIR=$$tmp $(PY) -m pytest -q -p no:cacheprovider tests --nbval-lax notebooks; \
+	rc=$$?; rm -rf $$tmp; exit $$rc
 
 reproduce: $(STAMP)
 	$(VENV)/bin/dwt reproduce --profile $(PROFILE)
