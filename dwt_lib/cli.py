@@ -2,6 +2,7 @@
 
     dwt pretrain  --profile P --run NAME [--set key=value ...]
     dwt finetune  --profile P --run NAME --task T [--fraction F] [--seed S]
+    dwt study     --profile P teacher_quality|soft_weight|param_remap
     dwt runs      --profile P
     dwt plan      --profile P
     dwt reproduce --profile P [--notebooks 01,02]
@@ -50,6 +51,25 @@ def cmd_finetune(args) -> int:
         for seed in seeds:
             r = ensure_finetuned(cfg, args.run, task, seed, args.fraction)
             print(f"{args.run} @ {args.fraction:.2f} {task} seed {seed}: {r['score']:.2f}")
+    return 0
+
+
+def cmd_study(args) -> int:
+    from . import plots, results
+    cfg = _cfg(args)
+    if args.name == "teacher_quality":
+        res = results.teacher_quality(cfg)
+        plots.teacher_quality(results.result_path(cfg, args.name))
+        print(results.teacher_quality_table(res).round(2).to_string())
+        print(results.teacher_quality_summary(res))
+    else:
+        res = results.over_training(cfg, args.name)
+        fig = {"soft_weight": "04_soft_weight", "param_remap": "05_param_remap"}[args.name]
+        plots.over_training(results.result_path(cfg, args.name), fig)
+        plots.loss_curves(results.result_path(cfg, args.name), f"{fig}_losses")
+        print(results.over_training_table(res).to_string())
+        print(results.over_training_summary(res))
+    print(f"result file: {results.result_path(cfg, args.name)}")
     return 0
 
 
@@ -108,6 +128,8 @@ def main(argv=None) -> int:
     p.add_argument("--task", default=None, help="one task (default: the profile's tasks)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--fraction", type=float, default=1.0, help="snapshot fraction of pre-training")
+    p = add("study", cmd_study, "run one study without notebooks: result file, figure, summary")
+    p.add_argument("name", choices=["teacher_quality", "soft_weight", "param_remap"])
     add("runs", cmd_runs, "list runs with status, progress and wall time")
     add("plan", cmd_plan, "print every run the studies need and its cost, without running")
     p = add("reproduce", cmd_reproduce, "execute every notebook with papermill for a profile")

@@ -172,7 +172,8 @@ def study_scores(cfg: Config, names: list[str], tasks: list[str], fractions=(1.0
         for fr in fractions:
             for task in tasks:
                 for seed in cfg.finetune.seeds:
-                    r = ensure_finetuned(cfg, name, task, seed, fr)
+                    # the same run may go by two names (soft-normal = dwt-weak): label it as asked
+                    r = dict(ensure_finetuned(cfg, name, task, seed, fr), pretrain_run=name, fraction=fr)
                     if progress:
                         print(f"  {name:<22} @{fr:.2f} {task:<6} seed {seed}: {r['score']:.2f}")
                     out.append(r)
