@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from .config import Config
+from .glue import glue_average
 from .runs import outputs_dir, read_json, write_result
 from .studies import ensure_pretrained, named_run, study_runs, study_scores
 
@@ -66,8 +67,8 @@ def teacher_quality(cfg: Config, progress: bool = True) -> dict:
     scores = _task_scores(study_scores(cfg, names, tasks, (1.0,), progress))
     for n in names:
         per_task = {s["task"]: s["mean"] for s in scores if s["run"] == n}
-        from .glue import glue_average
         runs[n]["glue_avg"] = glue_average(per_task)
+        runs[n]["glue_avg_per_seed"] = _per_seed_average([s for s in scores if s["run"] == n])
         runs[n]["per_task"] = per_task
     base = runs["student"]["glue_avg"]
     roles = list(cfg.studies.teacher_quality)
@@ -75,11 +76,34 @@ def teacher_quality(cfg: Config, progress: bool = True) -> dict:
         "study": "teacher_quality", "tasks": tasks, "seeds": list(cfg.finetune.seeds), "runs": runs,
         "scores": scores, "roles": roles,
         "dwt_gain": {r: runs[f"dwt-{r}"]["glue_avg"] - base for r in roles},
+        "dwt_gain_se": {r: _diff_se(runs[f"dwt-{r}"]["glue_avg_per_seed"], runs["student"]["glue_avg_per_seed"])
+                        for r in roles},
         "teacher_gap": {r: runs[f"teacher-{r}"]["glue_avg"] - base for r in roles},
         "size_ratio": {r: runs[f"teacher-{r}"]["params"] / runs["student"]["params"] for r in roles},
         "paper": PAPER_FIG2,
     }
     return write_result(result_path(cfg, "teacher_quality"), cfg, payload)
+
+
+def _per_seed_average(task_scores: list[dict]) -> list[float]:
+    """The GLUE average of each fine-tuning seed (tasks averaged per seed)."""
+    import numpy as np
+    return np.mean([s["scores"] for s in task_scores], axis=0).tolist() if task_scores else []
+
+
+def _diff_se(a: list[float], b: list[float]) -> float:
+    """Standard error of mean(a) - mean(b) over fine-tuning seeds (nan with one seed)."""
+    import numpy as np
+    if min(len(a), len(b)) < 2:
+        return float("nan")
+    return float(np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b)))
+
+
+def _verdict(diff: float, se: float) -> str:
+    if se != se:           # nan: one seed
+        return "one seed, so no error bar"
+    return (f"{abs(diff) / se:.1f} standard errors, " +
+            ("resolved" if abs(diff) > 2 * se else "not resolved at 2 standard errors"))
 
 
 def teacher_quality_table(res: dict):
@@ -109,17 +133,18 @@ def teacher_quality_summary(res: dict) -> str:
     base = res["runs"]["student"]["glue_avg"]
     parts = [f"The standalone student scores {base:.2f} (GLUE average over {', '.join(res['tasks'])}; "
              f"{len(res['seeds'])} seed(s))."]
-    agree = 0
+    agree = resolved_agree = 0
     for r in res["roles"]:
-        g, pg = res["dwt_gain"][r], res["paper"]["dwt_gain"][r]
-        same = (g > 0) == (pg > 0)
+        g, pg, se = res["dwt_gain"][r], res["paper"]["dwt_gain"][r], res["dwt_gain_se"][r]
+        same = (g > 0) == (pg > 0) and g != 0
         agree += same
-        parts.append(f"DWT from the {r.replace('_', ' ')} teacher ({res['size_ratio'][r]:.2f}x, teacher "
-                     f"{res['teacher_gap'][r]:+.2f} vs. the student) changes the student by {g:+.2f} "
-                     f"(paper: {pg:+.2f}; {'same sign' if same else 'opposite sign'}).")
-    spread = max((s["std"] for s in res["scores"]), default=0.0)
-    parts.append(f"{agree} of {len(res['roles'])} gains have the paper's sign; the largest seed spread of a "
-                 f"task score is {spread:.2f}, so differences smaller than that are not resolved by this run.")
+        resolved_agree += same and se == se and abs(g) > 2 * se
+        parts.append(f"DWT from the {r.replace('_', ' ')} teacher ({res['size_ratio'][r]:.2f}x the parameters; "
+                     f"the teacher alone scores {res['teacher_gap'][r]:+.2f} vs. the student) changes the student "
+                     f"by {g:+.2f} ({_verdict(g, se)}); the paper: {pg:+.2f}, "
+                     f"{'same sign' if same else 'not the same sign'}.")
+    parts.append(f"In all, {agree} of {len(res['roles'])} changes have the paper's sign and {resolved_agree} of "
+                 f"those are larger than twice their standard error over fine-tuning seeds.")
     return " ".join(parts)
 
 
@@ -171,27 +196,42 @@ def over_training_table(res: dict):
     return df.pivot_table(index=["run", "fraction"], columns="task", values="mean").round(2)
 
 
+def _run_means(df, frac) -> tuple[dict, dict]:
+    """Per run at one snapshot: mean task score, and the per-seed task averages behind it."""
+    at = df[df.fraction == frac]
+    per_seed = {run: _per_seed_average(g.to_dict("records")) for run, g in at.groupby("run", sort=False)}
+    return {run: sum(v) / len(v) for run, v in per_seed.items()}, per_seed
+
+
+def _compare(a: str, b: str, m: dict, ps: dict) -> str:
+    d = m[a] - m[b]
+    return f"{a} − {b} = {d:+.2f} ({_verdict(d, _diff_se(ps[a], ps[b]))})"
+
+
 def over_training_summary(res: dict) -> str:
-    """One paragraph from the numbers: which run leads early and at the end, per task, and the losses."""
+    """One paragraph from the numbers: the paper's claim for this study, and what this run measured."""
     import pandas as pd
     df = pd.DataFrame(res["scores"])
     first, last = min(res["fractions"]), max(res["fractions"])
-    lines = []
-    for frac, when in ((first, "earliest snapshot"), (last, "end")):
-        m = df[df.fraction == frac].groupby("run")["mean"].mean()
-        lines.append(f"at the {when} ({frac:.0%} of pre-training) the best mean task score is "
-                     f"{m.idxmax()} ({m.max():.2f}; others: "
-                     + ", ".join(f"{k} {v:.2f}" for k, v in m.items() if k != m.idxmax()) + ")")
-    losses = ", ".join(f"{n} {r['mlm_loss']:.3f}" for n, r in res["runs"].items())
-    spread = df["std"].max()
-    text = (f"Over {', '.join(res['tasks'])} with {len(res['seeds'])} seed(s): " + "; ".join(lines)
-            + f". Final held-out MLM loss: {losses}. The largest seed spread is {spread:.2f}.")
-    if res["study"] == "soft_weight":
-        text += (" The paper found Strong (a_s = 4) ahead early and Normal (a_s = 1) ahead at the end; "
-                 "compare the two sentences above with that.")
-    else:
+    (m0, p0), (m1, p1) = _run_means(df, first), _run_means(df, last)
+    head = (f"Mean score over {', '.join(res['tasks'])}, {len(res['seeds'])} fine-tuning seed(s), at "
+            f"{first:.0%} and {last:.0%} of pre-training: "
+            + "; ".join(f"{r} {m0[r]:.2f} → {m1[r]:.2f}" for r in m1) + ". ")
+    losses = "Final held-out MLM loss: " + ", ".join(f"{n} {r['mlm_loss']:.3f}" for n, r in res["runs"].items()) + "."
+    if res["study"] == "soft_weight" and {"soft-normal", "soft-strong"} <= set(m1):
+        text = (f"The paper: Strong (a_s = 4) ahead early, Normal (a_s = 1) ahead at the end. Here, at {first:.0%}: "
+                f"{_compare('soft-strong', 'soft-normal', m0, p0)}; at {last:.0%}: "
+                f"{_compare('soft-normal', 'soft-strong', m1, p1)}.")
+        if "soft-decay" in m1:
+            text += f" The recommended decay 4 → 1 at the end: {_compare('soft-decay', 'soft-normal', m1, p1)}."
+    elif res["study"] == "param_remap":
+        pro = next(r for r in m1 if r.startswith("remap-"))
+        prx = next(r for r in m1 if not r.startswith("remap-"))
         rc = res.get("remap_check", {})
-        text += (f" The paper found remapping (PR O) worse than random initialisation (PR X) throughout. "
-                 f"Remap check: {rc.get('copied_and_equal')} of {rc.get('compared')} copied tensors equal "
-                 f"the teacher's at initialisation.")
-    return text
+        text = (f"The paper: random initialisation (PR X, {prx}) ahead of remapping (PR O, {pro}) throughout. "
+                f"Here, at {first:.0%}: {_compare(prx, pro, m0, p0)}; at {last:.0%}: {_compare(prx, pro, m1, p1)}. "
+                f"Remap check: {rc.get('copied_and_equal')} of {rc.get('compared')} copied tensors equal the "
+                f"teacher's at initialisation.")
+    else:
+        text = ""
+    return head + text + " " + losses
