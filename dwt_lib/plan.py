@@ -71,15 +71,15 @@ def format_plan(plan: dict) -> str:
     """The plan as a table a person reads before spending GPU-hours."""
     out = [f"profile {plan['profile']}: {plan['blocks']:,} training blocks ({plan['blocks_source']}), "
            f"{plan['world_size']} process(es), global batch {plan['global_batch']}",
-           f"{'run':<22} {'size':<20} {'teacher':<22} {'steps':>10} {'tokens':>12} {'PFLOP':>10} {'A100-h':>8}"]
+           f"{'run':<22} {'size':<20} {'teacher':<22} {'steps':>10} {'tokens':>10} {'FLOP':>9} {'A100-h':>8}"]
     for r in plan["rows"]:
         if "same_as" in r:
             out.append(f"{r['run']:<22} = {r['same_as']} (same settings, trained once)")
             continue
-        out.append(f"{r['run']:<22} {r['size']:<20} {r['teacher']:<22} {r['steps']:>10,} {r['tokens']:>12.3g} "
-                   f"{r['pflop']:>10.1f} {r['a100_hours']:>8.1f}")
-    out.append(f"total: {plan['total_pflop']:.1f} PFLOP = {plan['total_a100_hours']:.1f} A100-hours at "
+        out.append(f"{r['run']:<22} {r['size']:<20} {r['teacher']:<22} {r['steps']:>10,} {r['tokens']:>10.3g} "
+                   f"{r['pflop'] * 1e15:>9.2e} {r['a100_hours']:>8.2f}")
+    out.append(f"total: {plan['total_pflop'] * 1e15:.3g} FLOP = {plan['total_a100_hours']:.2f} A100-hours at "
                f"{plan['assumed_mfu']:.0%} of the 312 TFLOP/s bf16 peak "
-               f"(= {plan['total_a100_hours'] / 8:.1f} h on 8 GPUs); plus {plan['finetune_runs_per_snapshot']} "
+               f"(= {plan['total_a100_hours'] / 8:.2f} h on 8 GPUs); plus {plan['finetune_runs_per_snapshot']} "
                f"fine-tuning runs per pre-training snapshot")
     return "\n".join(out)
