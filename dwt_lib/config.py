@@ -123,6 +123,7 @@ class LaunchConfig:
     accelerate_config: Optional[str] = None  # path under params/accelerate/
     device: str = "auto"                     # "auto" | "cpu" | "cuda"
     num_threads: Optional[int] = None        # torch intra-op threads (None = default)
+    tensorboard: bool = False                # also log to TensorBoard (runs/<id>/tensorboard), needs [tensorboard]
 
 
 @dataclass(frozen=True)

@@ -233,7 +233,16 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
     if cfg.launch.num_threads:
         torch.set_num_threads(cfg.launch.num_threads)
     cpu = cfg.launch.device == "cpu" or (cfg.launch.device == "auto" and not torch.cuda.is_available())
-    acc = Accelerator(cpu=cpu)
+    tb = dict(log_with="tensorboard", project_dir=str(run.dir)) if cfg.launch.tensorboard else {}
+    if tb:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise ImportError("launch.tensorboard is true but TensorBoard is not installed: "
+                              "pip install -e '.[tensorboard]' (or set launch.tensorboard: false)") from None
+    acc = Accelerator(cpu=cpu, **tb)
+    if tb:
+        acc.init_trackers("tensorboard")
     main = acc.is_main_process
     key, pc, dc = run.key, cfg.pretrain, cfg.distill
     out = run.dir
@@ -376,6 +385,8 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
             if main:
                 with open(log_path, "a") as f:
                     f.write(json.dumps(rec) + "\n")
+            if tb:
+                acc.log({k: v for k, v in rec.items() if k != "step"}, step=step)
             bar.set_postfix(loss=f"{w[0]:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
             window, tokens_since, t_log = [], 0, time.time()
         if step in snaps and main:
@@ -385,6 +396,8 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
     bar.close()
 
     final = evaluate_mlm(model, data.validation, tok, cfg, acc, autocast)
+    if tb:
+        acc.end_training()
     if main:
         save_model(acc.unwrap_model(model).mlm, tok, out / "model")
     acc.wait_for_everyone()

@@ -357,3 +357,18 @@ def test_truncate_log_on_resume_and_restart(tmp_path):
     assert log.read_text() == ""
     pt._truncate_log(tmp_path / "missing.jsonl", 0)          # no log yet: nothing to do
     assert not (tmp_path / "missing.jsonl").exists()
+
+
+def test_tensorboard_logging_writes_events(tmp_path, monkeypatch):
+    """launch.tensorboard: the same log records also go to TensorBoard through Accelerate's tracker."""
+    pytest.importorskip("tensorboard", reason="TensorBoard is in the [dev] extra; install it to run this test")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    monkeypatch.setenv("DWT_OUTPUTS_DIR", str(tmp_path))
+    cfg = cfg_of(**{"launch.tensorboard": True, "pretrain.max_steps": 2})
+    ensure_pretrained(cfg, "student", progress=False)
+    events = list(named_run(cfg, "student").dir.glob("tensorboard/**/events.out.tfevents.*"))
+    assert events, "no TensorBoard event file"
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss")] == [1, 2]
+    assert {"hard", "soft", "lr", "tokens_per_s"} <= set(acc.Tags()["scalars"])
