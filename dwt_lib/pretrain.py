@@ -402,6 +402,7 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
         save_model(acc.unwrap_model(model).mlm, tok, out / "model")
     acc.wait_for_everyone()
     return {"final_eval": final, "steps": total, "global_batch": gbs, "world_size": world,
+            "train_time_s": elapsed + time.time() - t_start,     # all sessions of a resumed run
             "tokens_seen": total * gbs * cfg.data.max_seq_length, "params": n_params,
             "teacher_params": count_parameters(teacher.mlm) if teacher else None,
             "snapshots": {f"{f:.2f}": f"snapshots/frac-{f:.2f}" for f in snaps.values()},

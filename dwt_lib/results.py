@@ -33,7 +33,7 @@ def _pretrain_summary(cfg: Config, name: str) -> dict:
     res = ensure_pretrained(cfg, name)
     return {"run": name, "id": res["run"]["id"], "size": res["run"]["key"]["size"], "params": res["params"],
             "mlm_loss": res["final_eval"]["mlm_loss"], "mlm_accuracy": res["final_eval"]["mlm_accuracy"],
-            "wall_time_s": res["provenance"]["wall_time_s"]}
+            "train_time_s": res.get("train_time_s", res["provenance"]["wall_time_s"])}
 
 
 def _task_scores(ft: list[dict]) -> list[dict]:
