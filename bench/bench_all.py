@@ -119,12 +119,16 @@ def main() -> int:
     cfg, tok, batches = bt.setup()
 
     if "steps" not in skip:
-        names = ["student", "dwt", "stock", "distil", "student_fp32"]
+        names = ["student", "dwt", "stock", "distil", "student_fp32", "student_before", "dwt_before"]
         r = bt.time_variants(names, cfg, tok, batches, a.rounds, a.warmup)
         s = {n: r[n]["median_s"] for n in names}
         tok_step = bt.BATCH * bt.SEQ
         print("# s/step (median of %d after %d warm-up, alternating): %s" % (
             a.rounds, a.warmup, ", ".join(f"{n} {s[n]:.3f} ({r[n]['precision']})" for n in names)))
+        print(f"# levers (selected-rows last layer + CPU attention): student step {s['student_before']:.3f} -> "
+              f"{s['student']:.3f} s ({s['student'] / s['student_before']:.2f}x), DWT step {s['dwt_before']:.3f} -> "
+              f"{s['dwt']:.3f} s ({s['dwt'] / s['dwt_before']:.2f}x); DWT/student before: "
+              f"{s['dwt_before'] / s['student_before']:.3f}", flush=True)
         report("dwt_step_vs_student_step", s["dwt"] / s["student"],
                f"DWT {s['dwt']:.3f} s vs student-only {s['student']:.3f} s per step, bf16; "
                f"{tok_step / s['dwt']:,.0f} vs {tok_step / s['student']:,.0f} tokens/s")
@@ -149,7 +153,7 @@ def main() -> int:
         inc = {n: m[n]["step_peak_increase_mb"] for n in m}
         buf = bt.soft_loss_buffers(tok, batches[0])
         report("peak_memory_dwt_vs_student", inc["dwt"] / inc["student"],
-               f"peak RSS increase over 3 steps (fresh process each, ru_maxrss - RSS after build): "
+               f"peak RSS increase over 3 steps (fresh process each; VmHWM reset after build, minus RSS after build): "
                f"DWT {inc['dwt']:.0f} MB, student {inc['student']:.0f} MB, DistilBERT-style {inc['distil']:.0f} MB")
         print(f"# soft-loss rows: {buf['masked_rows']:.0f} masked (ours) vs {buf['nonpad_rows']} non-pad "
               f"(distiller) of {buf['all_rows']} positions; one fp32 rows x {len(tok)} buffer: "

@@ -14,8 +14,9 @@ project's variants call the library's pieces (``mask_tokens``, ``SparseMLM``, ``
 
 Timing: every variant runs one step per round, in turn (alternating), after warm-up rounds;
 each variant's figure is the median of its rounds. Peak memory: each variant in a fresh
-subprocess, peak RSS (``ru_maxrss``) after the steps minus RSS after building the models and
-optimizer (what the steps add: activations, gradients, optimizer state, loss buffers).
+subprocess, peak RSS (``VmHWM``, reset after building the models and optimizer through
+``/proc/self/clear_refs``) over 3 steps minus RSS after the build: what the steps add
+(activations, gradients, optimizer state, loss buffers).
 
     python bench/bench_train.py                  # timings + memory, prints a table
     python bench/bench_train.py --profile dwt    # torch.profiler table of one step
@@ -26,7 +27,6 @@ import argparse
 import contextlib
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from dwt_lib.config import load_params
 from dwt_lib.data import mask_tokens, prepare_pretraining_data
 from dwt_lib.losses import hard_loss
-from dwt_lib.models import SparseMLM, build_model, train_flops_per_sequence
+from dwt_lib.models import SparseMLM, build_model, train_flops_per_sequence, use_device_attention
 from dwt_lib.pretrain import dwt_losses, lr_lambda, make_optimizer
 
 BATCH, SEQ = 32, 128
@@ -85,7 +85,7 @@ class Variant:
     """One kind of training step with its own model(s), optimizer and masking generator."""
 
     def __init__(self, name, cfg, tok, kind, precision="bf16", teacher_dtype=None, teacher_sel=None,
-                 student_sel=None, seed=0):
+                 student_sel=None, cpu_attention=None, seed=0):
         self.name, self.cfg, self.tok, self.kind = name, cfg, tok, kind
         vocab = len(tok)
         torch.manual_seed(seed)
@@ -97,6 +97,12 @@ class Variant:
             if teacher_dtype == "bf16":
                 teacher_bf16_weights(t)
             self.teacher = _sparse(t, teacher_sel) if kind == "dwt" else t
+        if cpu_attention is None:                   # as pretrain.train does: on CPU, the CPU attention
+            cpu_attention = kind in ("student", "dwt")
+        if kind in ("student", "dwt") and cpu_attention:
+            use_device_attention(self.mlm, "cpu")
+            if self.teacher is not None:
+                use_device_attention(self.teacher, "cpu")
         if kind in ("student", "dwt"):
             self.model = _sparse(self.mlm, student_sel)
             self.opt = make_optimizer(self.model, cfg)
@@ -174,19 +180,20 @@ def matmul_peak(dtype, n: int = 2048, reps: int = 5) -> float:
     return 2 * n ** 3 / best
 
 
-VARIANTS = {   # name -> Variant kwargs
+VARIANTS = {   # name -> Variant kwargs; None (default) = as the library's training loop does it
     "student": dict(kind="student"),
     "dwt": dict(kind="dwt"),
-    "dwt_teacher_bf16": dict(kind="dwt", teacher_dtype="bf16"),
-    "dwt_teacher_sel": dict(kind="dwt", teacher_sel=True),
-    "dwt_teacher_bf16_sel": dict(kind="dwt", teacher_dtype="bf16", teacher_sel=True),
-    "student_sel": dict(kind="student", student_sel=True),
-    "student_full_last": dict(kind="student", student_sel=False),
-    "dwt_full_last": dict(kind="dwt", teacher_sel=False, student_sel=False),
-    "dwt_all_sel": dict(kind="dwt", teacher_dtype="bf16", teacher_sel=True, student_sel=True),
     "stock": dict(kind="stock"),
     "distil": dict(kind="distil"),
     "student_fp32": dict(kind="student", precision="fp32"),
+    # levers, one at a time ("before" = neither: SDPA attention, last layer on every row)
+    "student_before": dict(kind="student", student_sel=False, cpu_attention=False),
+    "dwt_before": dict(kind="dwt", teacher_sel=False, student_sel=False, cpu_attention=False),
+    "student_before_fp32": dict(kind="student", precision="fp32", student_sel=False, cpu_attention=False),
+    "student_sel_only": dict(kind="student", student_sel=True, cpu_attention=False),
+    "student_attn_only": dict(kind="student", student_sel=False, cpu_attention=True),
+    "dwt_teacher_sel_only": dict(kind="dwt", teacher_sel=True, student_sel=False, cpu_attention=False),
+    "dwt_teacher_bf16": dict(kind="dwt", teacher_dtype="bf16"),          # tried, not kept
 }
 
 
@@ -216,6 +223,15 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
+def _vm_hwm_mb() -> float:
+    """Peak resident set size of this process (``VmHWM``): per address space, so unlike
+    ``ru_maxrss`` it does not inherit the parent's peak across fork + exec."""
+    for ln in open("/proc/self/status"):
+        if ln.startswith("VmHWM:"):
+            return int(ln.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def _mem_child(name: str, blocks_path: str, steps: int) -> None:
     cfg = load_params("mini")
     from transformers import PreTrainedTokenizerFast
@@ -223,11 +239,17 @@ def _mem_child(name: str, blocks_path: str, steps: int) -> None:
     tok = PreTrainedTokenizerFast.from_pretrained(str(cache_path(cfg.data) / "tokenizer"))
     batches = torch.load(blocks_path)
     v = Variant(name, cfg, tok, **VARIANTS[name])
+    try:                                 # reset the peak to the current RSS (Linux >= 4.0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        reset = True
+    except OSError:
+        reset = False
     base = _rss_mb()
     for i in range(steps):
         v.step(batches[i % len(batches)])
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"variant": name, "rss_after_build_mb": base, "peak_rss_mb": peak,
+    peak = _vm_hwm_mb()
+    print(json.dumps({"variant": name, "rss_after_build_mb": base, "peak_rss_mb": peak, "peak_reset": reset,
                       "step_peak_increase_mb": peak - base}))
 
 
