@@ -43,19 +43,19 @@ def _cpu_attention(module, query, key, value, attention_mask, scaling=None, drop
 
 
 def _register_cpu_attention() -> None:
+    """Make :data:`CPU_ATTENTION` known to transformers (on first use, not at import: importing
+    this module stays cheap and works with a stubbed ``transformers``)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
     AttentionInterface.register(CPU_ATTENTION, _cpu_attention)
     AttentionMaskInterface.register(CPU_ATTENTION, sdpa_mask)      # bool masks, None without padding
 
 
-_register_cpu_attention()
-
-
 def use_device_attention(model, device) -> None:
     """On CPU, switch ``model`` (any BERT of ours, wrapped or not) to :data:`CPU_ATTENTION`;
     elsewhere leave SDPA. Same math as SDPA up to rounding (softmax in float32 either way)."""
     if torch.device(device).type == "cpu":
+        _register_cpu_attention()
         getattr(model, "mlm", model).set_attn_implementation(CPU_ATTENTION)
 
 
