@@ -29,7 +29,7 @@ TARGETS = {   # name -> (comparison, target)
     "dwt_step_vs_student_step": ("<=", 1.15),
     "dwt_step_vs_distilbert_style_dwt_step": ("<=", 0.75),
     "student_step_vs_stock_bert_mlm_step": ("<=", 0.80),
-    "mfu_bf16_vs_matmul_peak": (">=", 0.5),
+    "mfu_bf16_vs_matmul_peak": (">=", 0.5),     # model FLOPs as the issue counts them (all rows)
     "mfu_fp32_vs_matmul_peak": (">=", 0.5),
     "peak_memory_dwt_vs_student": ("<=", 1.15),
     "data_pipeline_vs_raw_encode_batch": (">=", 0.7),
@@ -141,9 +141,11 @@ def main() -> int:
         f16 = r["student"]["flops"] / s["student"]
         f32 = r["student_fp32"]["flops"] / s["student_fp32"]
         fd = r["dwt"]["flops"] / s["dwt"]
+        ex16 = (r["student"]["flops"] - r["student"]["flops_skipped"]) / s["student"]
         report("mfu_bf16_vs_matmul_peak", f16 / peak16,
                f"student step {f16 / 1e9:.1f} GFLOP/s vs bf16 2048^3 mm {peak16 / 1e9:.1f} GFLOP/s; "
-               f"DWT step (teacher fwd counted) {fd / 1e9:.1f} GFLOP/s = {fd / peak16:.2f}")
+               f"DWT step (teacher fwd counted) {fd / 1e9:.1f} GFLOP/s = {fd / peak16:.2f}; FLOPs executed "
+               f"(last layer on masked rows only): student {ex16 / 1e9:.1f} GFLOP/s = {ex16 / peak16:.2f}")
         report("mfu_fp32_vs_matmul_peak", f32 / peak32,
                f"student step {f32 / 1e9:.1f} GFLOP/s ({s['student_fp32']:.3f} s) vs fp32 2048^3 mm "
                f"{peak32 / 1e9:.1f} GFLOP/s")
