@@ -26,7 +26,7 @@ import torch
 
 from dwt_lib.config import load_params
 from dwt_lib.data import mask_tokens
-from dwt_lib.models import SparseMLM, build_model, train_flops_per_sequence
+from dwt_lib.models import SparseMLM, build_model, train_flops_per_sequence, use_device_attention
 from dwt_lib.pretrain import dwt_losses, make_optimizer
 
 
@@ -52,10 +52,13 @@ class Step:
     def __init__(self, cfg, student: str, teacher: str | None, vocab: int, device):
         self.device = device
         torch.manual_seed(0)
-        self.model = SparseMLM(build_model(student, vocab, max_position_embeddings=512)).to(device).train()
+        mlm = build_model(student, vocab, max_position_embeddings=512)
+        use_device_attention(mlm, device)                 # as pretrain.train: SDPA on GPU
+        self.model = SparseMLM(mlm).to(device).train()
         self.teacher = None
         if teacher:
             t = build_model(teacher, vocab, max_position_embeddings=512).eval().requires_grad_(False)
+            use_device_attention(t, device)
             self.teacher = SparseMLM(t).to(device)
         self.opt = make_optimizer(self.model, cfg)
         self.cfg = cfg
