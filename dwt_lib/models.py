@@ -113,13 +113,13 @@ class SparseMLM(torch.nn.Module):
     ``selected_last_layer=True`` also runs the *last encoder layer* on the selected rows only:
     keys and values from every position (attention needs them), but the query projection,
     attention output, feed-forward and LayerNorms only where ``select`` is true (~15% of the
-    rows). The selected outputs are the same function of the inputs (only the dropout draws of
+    rows), the default. The selected outputs are the same function of the inputs (only the dropout draws of
     a model in train mode differ); for the 4-layer teacher it saves ~1/6 of its forward, for
     the 6-layer student ~1/9 of a training step. When more than half the rows are selected
     (soft loss on all positions) it runs the plain path.
     """
 
-    def __init__(self, mlm: BertForMaskedLM, selected_last_layer: bool = False):
+    def __init__(self, mlm: BertForMaskedLM, selected_last_layer: bool = True):
         super().__init__()
         self.mlm = mlm
         self.selected_last_layer = selected_last_layer
