@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .glue import TASKS, collate, compute_metrics, get_task, glue_average, load_glue
+from .models import classifier_logits, use_device_attention
 
 MAX_GRAD_NORM = 1.0   # HF Trainer default (run_glue); the paper is silent
 
@@ -109,6 +110,7 @@ def finetune(model_path_or_model, task: str, cfg_finetune, tokenizer, seed: int,
                          f"{len(tokenizer)} tokens: fine-tune with the tokenizer the model was "
                          f"pre-trained with")
     model.to(dev)
+    use_device_attention(model, dev)       # CPU: bf16 matmuls + fp32 softmax (faster than SDPA there)
 
     # ---- data
     train = load_glue(t.name, tokenizer, ft.max_seq_length, "train", ft.source, ft.max_train_examples)
@@ -133,8 +135,8 @@ def finetune(model_path_or_model, task: str, cfg_finetune, tokenizer, seed: int,
 
     def forward(batch):
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-            logits = model(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
-                           attention_mask=batch["attention_mask"]).logits
+            # the model's logits, with its last encoder layer on the [CLS] row only (all the pooler reads)
+            logits = classifier_logits(model, batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
         return logits.float()               # loss and metrics in float32
 
     # ---- train

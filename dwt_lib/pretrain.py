@@ -30,7 +30,7 @@ import torch
 
 from .config import Config
 from .losses import hard_loss, soft_loss
-from .models import SparseMLM, build_model, count_parameters
+from .models import SparseMLM, build_model, count_parameters, use_device_attention
 from .runs import Run, atomic_write_json
 from .schedules import make_schedule
 
@@ -265,6 +265,7 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
     if key.get("teacher"):
         teacher_dir = run.root / "runs" / key["teacher"] / "model"
         teacher = SparseMLM(load_teacher(teacher_dir, vocab, n_params, acc.device))
+        use_device_attention(teacher, acc.device)      # CPU: bf16 matmuls + fp32 softmax, not SDPA flash
         if key.get("init") == "remap":
             from .remap import remap_parameters
             report = remap_parameters(teacher.mlm, mlm)
@@ -274,7 +275,8 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
     elif key.get("init") == "remap":
         raise ValueError(f"run {run.name}: init 'remap' needs a teacher")
 
-    model = SparseMLM(mlm)
+    use_device_attention(mlm, acc.device)
+    model = SparseMLM(mlm)                       # MLM head and last layer on the masked rows only
     opt = make_optimizer(model, cfg)
     n_blocks = len(data.train)
     world = acc.num_processes
