@@ -167,14 +167,16 @@ def dwt_losses(model, teacher, ids, attn, select, y, *, autocast=contextlib.null
     ``n_selected / n_soft`` so that summing micro-batches gives the mean over the global batch's
     ``n_hard`` masked and ``n_soft`` soft-loss tokens; None means this micro-batch is the batch.
     """
+    t_logits = None
+    if teacher is not None:     # first: its temporaries are freed before the student's activations pile up
+        with torch.no_grad(), autocast():
+            t_logits = teacher(ids, attn, select)
     with autocast():
         logits = model(ids, attn, select)
     n_y = int((y != -100).sum())
     h = hard_loss(logits, y) * (n_y / (n_hard or n_y)) if n_y else logits.sum() * 0.0
     s = torch.zeros((), device=logits.device)
     if teacher is not None:
-        with torch.no_grad(), autocast():
-            t_logits = teacher(ids, attn, select)
         s = soft_loss(logits, t_logits, temperature=temperature, scale_by_t2=scale_by_t2) * (
             len(y) / (n_soft or len(y)))
     return alpha_hard * h + alpha_soft * s, h, s
