@@ -92,18 +92,44 @@ def soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temper
     s = _rows(student_logits, mask)
     t = _rows(teacher_logits.detach(), mask)
     n = s.shape[0]
-    # Upcast only the selected (N, V) rows; skip the division at tau = 1 so float32 inputs
-    # then cost no copy before log_softmax.
-    s, t = s.float(), t.float()
-    if temperature != 1.0:
-        s, t = s / temperature, t / temperature
-    log_ps = F.log_softmax(s, dim=-1)
-    log_pt = F.log_softmax(t, dim=-1)
-    kl_sum = F.kl_div(log_ps, log_pt, log_target=True, reduction="sum")   # sum p_t (log p_t - log p_s)
+    kl_sum = _KLSum.apply(s, t, float(temperature))     # sum p_t (log p_t - log p_s), float32
     loss = kl_sum / max(n, 1)
     if scale_by_t2:
         loss = loss * (temperature ** 2)
     return loss
+
+
+class _KLSum(torch.autograd.Function):
+    """``sum_rows sum_c p_t (log p_t - log p_s)`` with ``p = softmax(z / tau)`` in float32, for
+    (N, V) logits of any dtype. Same math as ``kl_div(log_softmax(s), log_softmax(t),
+    log_target=True, reduction="sum")``, but it keeps only ``log p_s`` and ``p_t`` for the
+    backward (``d/ds = (p_s - p_t) / tau``) and reuses buffers in place: fewer (N, V) float32
+    buffers alive at once, and fewer passes over them."""
+
+    @staticmethod
+    def forward(ctx, s, t, tau):
+        t32 = t.float()
+        if tau != 1.0:
+            t32 = t32 / tau
+        log_pt = F.log_softmax(t32, dim=-1)
+        del t32
+        s32 = s.float()
+        if tau != 1.0:
+            s32 = s32 / tau
+        log_ps = F.log_softmax(s32, dim=-1)
+        del s32
+        p_t = log_pt.exp()
+        diff = log_pt.sub_(log_ps)                         # log p_t - log p_s, in place
+        kl = (p_t * diff).sum()
+        ctx.save_for_backward(log_ps, p_t)
+        ctx.tau, ctx.s_dtype = tau, s.dtype
+        return kl
+
+    @staticmethod
+    def backward(ctx, grad):
+        log_ps, p_t = ctx.saved_tensors
+        g = log_ps.exp().sub_(p_t).mul_(grad / ctx.tau)
+        return g.to(ctx.s_dtype), None, None
 
 
 class DWTLoss(NamedTuple):
