@@ -53,8 +53,9 @@ def teacher_quality(result_path: Path):
             ax.scatter(r["params"] / 1e6, r["glue_avg"], s=160 if kind == "student" else 70, marker=marker,
                        color=_color(name), zorder=3, label={"teacher": "teachers (alone)", "student":
                        "student (alone)", "dwt": "students with DWT"}[kind])
-            ax.annotate(name, (r["params"] / 1e6, r["glue_avg"]), textcoords="offset points", xytext=(6, -12),
-                        fontsize=8, color="#444444")
+            if kind == "teacher":
+                ax.annotate(name, (r["params"] / 1e6, r["glue_avg"]), textcoords="offset points", xytext=(6, -12),
+                            fontsize=8, color="#444444")
         for role in res["roles"]:
             t, s = runs[f"teacher-{role}"], runs[f"dwt-{role}"]
             g = res["dwt_gain"][role]
@@ -64,10 +65,17 @@ def teacher_quality(result_path: Path):
             ax.annotate(f"{g:+.2f} (paper {res['paper']['dwt_gain'][role]:+.2f})", mid, fontsize=8,
                         color="#2a7a3a" if g > 0 else "#a33", ha="center",
                         bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.8))
+        # students share one x: list them in a column to the right instead of labels on top of each other
+        studs = sorted((n for n in runs if not n.startswith("teacher-")), key=lambda n: -runs[n]["glue_avg"])
+        x = runs["student"]["params"] / 1e6
+        for i, n in enumerate(studs):
+            ax.annotate(f"{n}: {runs[n]['glue_avg']:.2f}", (x, runs[n]["glue_avg"]), fontsize=8, color=_color(n),
+                        xytext=(1.02, 0.95 - 0.07 * i), textcoords="axes fraction", va="top",
+                        arrowprops=dict(arrowstyle="-", color=_color(n), lw=0.5, alpha=0.5))
         ax.axhline(runs["student"]["glue_avg"], color=COLORS["student"], lw=0.8, ls="--", alpha=0.6)
         h, lab = ax.get_legend_handles_labels()
         uniq = dict(zip(lab, h))
-        ax.legend(uniq.values(), uniq.keys(), loc="lower right", fontsize=8)
+        ax.legend(uniq.values(), uniq.keys(), loc="best", fontsize=8)
         ax.set_xlabel("parameters (M)")
         ax.set_ylabel(f"GLUE average ({', '.join(res['tasks'])})")
         ax.set_title(f"Teacher quality ({res['provenance']['profile']} profile): DWT gain over the standalone student")

@@ -128,6 +128,20 @@ def teacher_quality_table(res: dict):
     return pd.DataFrame(rows).set_index("run")
 
 
+def chance_check(scores: list[dict], margin: float = 2.0) -> str:
+    """A sentence on which tasks no run beats the majority-class baseline (chance) by ``margin`` points:
+    differences there are differences between degenerate classifiers, not transfer."""
+    tasks = sorted({s["task"] for s in scores})
+    dead = [t for t in tasks
+            if all(s["mean"] <= (s.get("majority_baseline") or 0.0) + margin for s in scores if s["task"] == t)]
+    if not dead:
+        return "Every task has a model above its majority-class baseline."
+    return (f"On {', '.join(dead)} ({len(dead)} of {len(tasks)} tasks) no model beats the majority-class baseline "
+            f"(constant prediction; 0 for correlations) by {margin:g} points, so differences there are not transfer "
+            f"but noise between near-constant classifiers" + (": this run cannot test the paper's claim." if
+                                                                 len(dead) * 2 >= len(tasks) else "."))
+
+
 def teacher_quality_summary(res: dict) -> str:
     """One paragraph, generated from the numbers, comparing this run's gains with the paper's."""
     base = res["runs"]["student"]["glue_avg"]
@@ -145,6 +159,7 @@ def teacher_quality_summary(res: dict) -> str:
                      f"{'same sign' if same else 'not the same sign'}.")
     parts.append(f"In all, {agree} of {len(res['roles'])} changes have the paper's sign and {resolved_agree} of "
                  f"those are larger than twice their standard error over fine-tuning seeds.")
+    parts.append(chance_check(res["scores"]))
     return " ".join(parts)
 
 
@@ -234,4 +249,4 @@ def over_training_summary(res: dict) -> str:
                 f"teacher's at initialisation.")
     else:
         text = ""
-    return head + text + " " + losses
+    return head + text + " " + losses + " " + chance_check(res["scores"])
