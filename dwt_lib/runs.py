@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -186,7 +185,3 @@ def format_runs(rows: list[dict]) -> str:
         wall = f"{r['wall_time_s']:.0f}s" if r["wall_time_s"] is not None else "-"
         lines.append(f"{r['id']:<22} {str(r['name']):<28} {r['status']:<9} {r['progress']:>8.0%} {wall:>8}")
     return "\n".join(lines)
-
-
-def python_executable() -> str:
-    return sys.executable
