@@ -140,7 +140,7 @@ class Config:
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict of the whole config (tuples become lists)."""
-        return _jsonable(dataclasses.asdict(self))
+        return jsonable(dataclasses.asdict(self))
 
     def short_hash(self, n: int = 10) -> str:
         """Stable hash of the config: sha256 of its canonical JSON (sorted keys).
@@ -163,17 +163,18 @@ class Config:
 
 def stable_hash(obj: Any, n: int = 10) -> str:
     """sha256 of the canonical JSON of ``obj`` (sorted keys, no whitespace), first ``n`` hex digits."""
-    s = json.dumps(_jsonable(obj), sort_keys=True, separators=(",", ":"))
+    s = json.dumps(jsonable(obj), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(s.encode()).hexdigest()[:n]
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
+    """Plain JSON types: dataclasses to dicts, tuples to lists, keys to strings."""
     if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if dataclasses.is_dataclass(x):
-        return _jsonable(dataclasses.asdict(x))
+        return jsonable(dataclasses.asdict(x))
     return x
 
 

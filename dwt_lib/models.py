@@ -95,11 +95,6 @@ def count_parameters(model, trainable_only: bool = False) -> int:
     return n
 
 
-def non_embedding_parameters(model) -> int:
-    """Parameters outside the embedding tables (used for 6*N*tokens FLOP estimates)."""
-    emb = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
-    return count_parameters(model) - emb
-
 
 class SparseMLM(torch.nn.Module):
     """Wraps a ``BertForMaskedLM`` so that only selected positions go through the MLM head.

@@ -20,7 +20,7 @@ import sys
 from typing import Optional
 
 from . import runs
-from .config import Config
+from .config import Config, jsonable
 from .runs import Run, atomic_write_json, outputs_dir
 
 
@@ -41,8 +41,7 @@ def pretrain_run(cfg: Config, name: str, size: str, teacher: Optional[Run] = Non
         d = cfg.distill
         key.update(alpha_hard=d.alpha_hard, alpha_soft=alpha_soft or d.alpha_soft, temperature=d.temperature,
                    soft_loss_positions=d.soft_loss_positions, scale_by_t2=d.scale_by_t2)
-    from .config import _jsonable
-    return Run(kind=kind, name=name, key=_jsonable(key), root=outputs_dir(cfg))
+    return Run(kind=kind, name=name, key=jsonable(key), root=outputs_dir(cfg))
 
 
 def named_run(cfg: Config, name: str) -> Run:
@@ -131,8 +130,7 @@ def finetune_run(cfg: Config, pretrain_name: str, task: str, seed: int, fraction
     """The fine-tuning run of one pre-training snapshot on one task with one seed."""
     base = named_run(cfg, pretrain_name)
     ft = {k: v for k, v in cfg.finetune.__dict__.items() if k not in ("tasks", "seeds")}
-    from .config import _jsonable
-    key = _jsonable({"pretrain": base.id, "fraction": round(fraction, 4), "task": task, "seed": seed,
+    key = jsonable({"pretrain": base.id, "fraction": round(fraction, 4), "task": task, "seed": seed,
                      "finetune": ft})
     return Run(kind="finetune", name=f"{pretrain_name}@{fraction:.2f}/{task}/s{seed}", key=key,
                root=outputs_dir(cfg))
