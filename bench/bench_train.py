@@ -85,7 +85,7 @@ class Variant:
     """One kind of training step with its own model(s), optimizer and masking generator."""
 
     def __init__(self, name, cfg, tok, kind, precision="bf16", teacher_dtype=None, teacher_sel=None,
-                 student_sel=None, cpu_attention=None, seed=0):
+                 student_sel=None, cpu_attention=None, teacher_sdpa=False, seed=0):
         self.name, self.cfg, self.tok, self.kind = name, cfg, tok, kind
         vocab = len(tok)
         torch.manual_seed(seed)
@@ -101,7 +101,7 @@ class Variant:
             cpu_attention = kind in ("student", "dwt")
         if kind in ("student", "dwt") and cpu_attention:
             use_device_attention(self.mlm, "cpu")
-            if self.teacher is not None:
+            if self.teacher is not None and not teacher_sdpa:
                 use_device_attention(self.teacher, "cpu")
         if kind in ("student", "dwt"):
             self.model = _sparse(self.mlm, student_sel)
@@ -207,6 +207,7 @@ VARIANTS = {   # name -> Variant kwargs; None (default) = as the library's train
     "student_attn_only": dict(kind="student", student_sel=False, cpu_attention=True),
     "dwt_teacher_sel_only": dict(kind="dwt", teacher_sel=True, student_sel=False, cpu_attention=False),
     "dwt_teacher_bf16": dict(kind="dwt", teacher_dtype="bf16"),          # tried, not kept
+    "dwt_teacher_sdpa": dict(kind="dwt", teacher_sdpa=True),             # forward-only: SDPA's flash kernel
 }
 
 

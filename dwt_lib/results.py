@@ -142,10 +142,30 @@ def chance_check(scores: list[dict], margin: float = 2.0) -> str:
                                                                  len(dead) * 2 >= len(tasks) else "."))
 
 
+def premise_check(res: dict) -> str:
+    """A sentence on the paper's premise, from the held-out MLM losses: are the teachers ordered by
+    size (bigger = better), and is the standalone student better than every teacher?"""
+    loss = {r: res["runs"][f"teacher-{r}"]["mlm_loss"] for r in res["roles"]}
+    student = res["runs"]["student"]["mlm_loss"]
+    by_size = sorted(res["roles"], key=lambda r: -res["size_ratio"][r])
+    ordered = all(loss[a] < loss[b] for a, b in zip(by_size, by_size[1:]))
+    text = ("Held-out MLM loss after pre-training (lower is better): "
+            + ", ".join(f"{r.replace('_', ' ')} teacher {loss[r]:.3f}" for r in by_size)
+            + f", standalone student {student:.3f}. ")
+    text += ("The teachers are ordered by size, as the paper's premise needs" if ordered else
+             "The teachers are not ordered by size, so this run does not have the paper's three teacher qualities")
+    weaker = [r for r in by_size if loss[r] > student]
+    text += ("; every teacher is weaker than the standalone student." if len(weaker) == len(by_size) else
+             f"; {len(by_size) - len(weaker)} of {len(by_size)} teachers are better than the standalone student, "
+             "so for those this is not distillation from a weaker model.")
+    return text
+
+
 def teacher_quality_summary(res: dict) -> str:
     """One paragraph, generated from the numbers, comparing this run's gains with the paper's."""
     base = res["runs"]["student"]["glue_avg"]
-    parts = [f"The standalone student scores {base:.2f} (GLUE average over {', '.join(res['tasks'])}; "
+    parts = [premise_check(res),
+             f"The standalone student scores {base:.2f} (GLUE average over {', '.join(res['tasks'])}; "
              f"{len(res['seeds'])} seed(s))."]
     agree = resolved_agree = 0
     for r in res["roles"]:
