@@ -207,7 +207,7 @@ VARIANTS = {   # name -> Variant kwargs; None (default) = as the library's train
     "student_attn_only": dict(kind="student", student_sel=False, cpu_attention=True),
     "dwt_teacher_sel_only": dict(kind="dwt", teacher_sel=True, student_sel=False, cpu_attention=False),
     "dwt_teacher_bf16": dict(kind="dwt", teacher_dtype="bf16"),          # tried, not kept
-    "dwt_teacher_sdpa": dict(kind="dwt", teacher_sdpa=True),             # forward-only: SDPA's flash kernel
+    "dwt_teacher_sdpa": dict(kind="dwt", teacher_sdpa=True),             # tried, not kept (SDPA forward)
 }
 
 
