@@ -55,6 +55,7 @@ class DataConfig:
 class ModelConfig:
     student: str = "paper-student"
     teachers: dict = field(default_factory=dict)        # role -> size name
+    sizes: dict = field(default_factory=dict)           # name -> {layers, hidden, heads[, intermediate]}
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
 
@@ -401,14 +402,21 @@ def _check_schedule(spec: dict, src: str, key: str, positive: bool) -> None:
 
 def _check_models(cfg: Config, src: str) -> None:
     from . import models
+    for name, spec in cfg.model.sizes.items():
+        try:
+            models.size_from_spec(spec)
+        except models.SizeError as e:
+            key = f"model.sizes.{name}" + (f".{e.key}" if e.key else "")
+            raise ConfigError(f"{src}: {key}: {e}") from None
     sizes = [("model.student", cfg.model.student)] + [
         (f"model.teachers.{r}", s) for r, s in cfg.model.teachers.items()]
     for key, name in sizes:
-        if name not in models.SIZES:
-            raise ConfigError(f"{src}: {key}: unknown model size {name!r} "
-                              f"(known: {', '.join(sorted(models.SIZES))})")
+        if name not in cfg.model.sizes and name not in models.SIZES:
+            defined = f"model.sizes: {', '.join(sorted(cfg.model.sizes))}; " if cfg.model.sizes else ""
+            raise ConfigError(f"{src}: {key}: unknown model size {name!r}: neither in model.sizes nor a "
+                              f"preset ({defined}presets: {', '.join(sorted(models.SIZES))})")
     for key, name in sizes:
-        pinned = models.SIZES[name].get("vocab_size")
+        pinned = models.resolve_size(name, cfg.model.sizes).get("vocab_size")
         if pinned is not None and pinned != cfg.data.vocab_size:
             raise ConfigError(f"{src}: {key}: size {name!r} has vocab {pinned}, but data.vocab_size is "
                               f"{cfg.data.vocab_size}: teacher and student must share one vocabulary")

@@ -4,6 +4,10 @@ Paper sizes: a 6-layer, 768-hidden, 12-head student (~67M parameters with the 30
 BERT vocabulary) and teachers of 4, 2 and 1 layers at the same width, which gives the
 paper's 0.78x / 0.57x / 0.46x parameter ratios. CPU sizes keep the layer counts and shrink
 the width, so the ratios stay close to the paper's.
+
+A profile may define more sizes (``model.sizes``), e.g. ``{mini-student: {layers: 6, hidden: 128,
+heads: 2}}``: :func:`size_from_spec` turns such an entry into ``BertConfig`` keywords and
+:func:`resolve_size` looks a name up in the profile's sizes first, then in :data:`SIZES`.
 """
 from __future__ import annotations
 
@@ -21,6 +25,56 @@ for _prefix, _base in (("paper", _PAPER), ("mini", _MINI), ("tiny", _TINY)):
     SIZES[f"{_prefix}-student"] = dict(_base, num_hidden_layers=6)
     for _n in (4, 2, 1):
         SIZES[f"{_prefix}-teacher-{_n}l"] = dict(_base, num_hidden_layers=_n)
+
+
+#: Keys of a size in a profile's ``model.sizes`` -> ``BertConfig`` names. ``intermediate``
+#: defaults to 4 x ``hidden`` (BERT's ratio).
+SIZE_KEYS = {"layers": "num_hidden_layers", "hidden": "hidden_size", "heads": "num_attention_heads",
+             "intermediate": "intermediate_size"}
+
+
+class SizeError(ValueError):
+    """A size in a profile is invalid; ``key`` is the offending key inside the size ('' for the size)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+def size_from_spec(spec) -> dict:
+    """``BertConfig`` keywords of a profile-defined size ``{layers, hidden, heads[, intermediate]}``.
+
+    Raises :class:`SizeError` naming the key for an unknown or missing key, a value that is not a
+    positive integer, or a hidden size that the heads do not divide.
+    """
+    if not isinstance(spec, dict):
+        raise SizeError("", f"expected a mapping with keys {', '.join(SIZE_KEYS)}, got {spec!r}")
+    unknown = sorted(set(spec) - set(SIZE_KEYS))
+    if unknown:
+        raise SizeError(unknown[0], f"unknown key (allowed: {', '.join(SIZE_KEYS)})")
+    for k in ("layers", "hidden", "heads"):
+        if k not in spec:
+            raise SizeError(k, "missing (a size needs layers, hidden and heads; intermediate defaults "
+                               "to 4 x hidden)")
+    for k, v in spec.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise SizeError(k, f"expected an integer >= 1, got {v!r}")
+    if spec["hidden"] % spec["heads"]:
+        raise SizeError("heads", f"hidden {spec['hidden']} is not divisible by {spec['heads']} heads "
+                                 f"(each head gets hidden / heads dimensions)")
+    out = {SIZE_KEYS[k]: v for k, v in spec.items()}
+    out.setdefault("intermediate_size", 4 * spec["hidden"])
+    return out
+
+
+def resolve_size(name: str, sizes: dict | None = None) -> dict:
+    """``BertConfig`` keywords of a size name: the profile's ``sizes`` first, then the presets."""
+    if sizes and name in sizes:
+        return size_from_spec(sizes[name])
+    if name in SIZES:
+        return dict(SIZES[name])
+    defined = f"profile sizes: {', '.join(sorted(sizes))}; " if sizes else ""
+    raise KeyError(f"unknown model size {name!r} ({defined}presets: {', '.join(sorted(SIZES))})")
 
 
 #: Name of the CPU training attention (registered with transformers below): two matmuls in the
@@ -59,13 +113,13 @@ def use_device_attention(model, device) -> None:
         getattr(model, "mlm", model).set_attn_implementation(CPU_ATTENTION)
 
 
-def bert_config(size: str, vocab_size: int | None = None, *, max_position_embeddings: int = 512,
-                hidden_dropout_prob: float = 0.1, attention_probs_dropout_prob: float = 0.1) -> BertConfig:
-    """The ``BertConfig`` of a named size. ``vocab_size`` is required unless the size pins one,
-    and must match a pinned one."""
-    if size not in SIZES:
-        raise KeyError(f"unknown model size {size!r}; known sizes: {', '.join(sorted(SIZES))}")
-    kw = dict(SIZES[size])
+def bert_config(size: str | dict, vocab_size: int | None = None, *, sizes: dict | None = None,
+                max_position_embeddings: int = 512, hidden_dropout_prob: float = 0.1,
+                attention_probs_dropout_prob: float = 0.1) -> BertConfig:
+    """The ``BertConfig`` of a size: a name (looked up in ``sizes``, a profile's ``model.sizes``,
+    then in the presets) or a dict of ``BertConfig`` keywords (a run's resolved ``shape``).
+    ``vocab_size`` is required unless the size pins one, and must match a pinned one."""
+    kw = dict(size) if isinstance(size, dict) else resolve_size(size, sizes)
     pinned = kw.pop("vocab_size", None)
     if vocab_size is None:
         if pinned is None:
@@ -79,8 +133,9 @@ def bert_config(size: str, vocab_size: int | None = None, *, max_position_embedd
                       attn_implementation="sdpa", **kw)
 
 
-def build_model(size: str, vocab_size: int | None = None, **kw) -> BertForMaskedLM:
-    """A randomly initialised ``BertForMaskedLM`` of a named size (decoder tied to the word embeddings)."""
+def build_model(size: str | dict, vocab_size: int | None = None, **kw) -> BertForMaskedLM:
+    """A randomly initialised ``BertForMaskedLM`` of a size (see :func:`bert_config`; decoder tied
+    to the word embeddings)."""
     return BertForMaskedLM(bert_config(size, vocab_size, **kw))
 
 

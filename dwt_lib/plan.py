@@ -48,13 +48,13 @@ def make_plan(cfg: Config) -> dict:
             rows.append({"run": name, "id": run.id, "same_as": seen[run.id]})
             continue
         seen[run.id] = name
-        scfg = bert_config(run.key["size"], vocab)
+        scfg = bert_config(run.key["shape"], vocab)
         f = train_flops_per_sequence(scfg, L, soft_tokens if run.key.get("teacher") else masked)
         teacher = None
         if run.key.get("teacher"):
             from .studies import teacher_name
             teacher = named_run(cfg, teacher_name(cfg, name))
-            f += train_flops_per_sequence(bert_config(teacher.key["size"], vocab), L, soft_tokens, train=False)
+            f += train_flops_per_sequence(bert_config(teacher.key["shape"], vocab), L, soft_tokens, train=False)
         flops = f * seqs
         rows.append({"run": name, "id": run.id, "size": run.key["size"], "teacher": teacher.name if teacher else "",
                      "steps": steps, "tokens": seqs * L, "pflop": flops / 1e15,

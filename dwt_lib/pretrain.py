@@ -258,7 +258,7 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
     torch.manual_seed(pc.seed)
     random.seed(pc.seed)
     np.random.seed(pc.seed)
-    mlm = build_model(key["size"], vocab, max_position_embeddings=max(512, cfg.data.max_seq_length),
+    mlm = build_model(key["shape"], vocab, max_position_embeddings=max(512, cfg.data.max_seq_length),
                       hidden_dropout_prob=cfg.model.hidden_dropout_prob,
                       attention_probs_dropout_prob=cfg.model.attention_probs_dropout_prob)
     n_params = count_parameters(mlm)

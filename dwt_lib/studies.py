@@ -25,7 +25,10 @@ from .runs import Run, atomic_write_json, outputs_dir
 
 
 def _base_key(cfg: Config, size: str) -> dict:
-    return {"size": size, "data": cfg.data, "pretrain": cfg.pretrain,
+    # "shape" (the resolved BertConfig keywords) makes a profile's model.sizes part of the identity:
+    # redefining a size's width in a profile is a different run, under the same name.
+    from .models import resolve_size
+    return {"size": size, "shape": resolve_size(size, cfg.model.sizes), "data": cfg.data, "pretrain": cfg.pretrain,
             "dropout": [cfg.model.hidden_dropout_prob, cfg.model.attention_probs_dropout_prob],
             "world_size": cfg.launch.num_processes}
 

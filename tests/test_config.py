@@ -99,8 +99,52 @@ def test_teacher_vocab_mismatch(tmp_path):
 
 def test_unknown_model_size(tmp_path):
     path = _child(tmp_path, "model:\n  student: giant\n")
-    with pytest.raises(ConfigError, match="model.student: unknown model size 'giant'"):
+    with pytest.raises(ConfigError, match="model.student: unknown model size 'giant': neither in model.sizes"):
         load_params(path)
+
+
+def test_profile_sizes_pick_a_width(tmp_path):
+    mini = PARAMS_DIR / "mini.yaml"
+    path = _write(tmp_path, "mine.yaml", f"""\
+        extends: {mini}
+        model:
+          sizes:
+            narrow-student: {{layers: 6, hidden: 128, heads: 2}}
+            mini-teacher-4l: {{layers: 4, hidden: 128, heads: 2}}
+          student: narrow-student
+        """)
+    c = load_params(path)
+    assert c.model.sizes["narrow-student"] == {"layers": 6, "hidden": 128, "heads": 2}
+    from dwt_lib.studies import named_run
+    base = load_params("mini")
+    # the run's identity carries the resolved shape: a new width (or a preset redefined) is a new run
+    st = named_run(c, "student")
+    assert st.key["shape"]["hidden_size"] == 128 and st.key["shape"]["intermediate_size"] == 512
+    assert st.id != named_run(base, "student").id
+    assert named_run(c, "teacher-weak").id != named_run(base, "teacher-weak").id
+    assert named_run(c, "teacher-very_weak").id == named_run(base, "teacher-very_weak").id
+    # the size merges key by key with the parent's, as every mapping does; so does the run
+    wider = load_params(path, {"model.sizes": {"narrow-student": {"layers": 6, "hidden": 192, "heads": 3}}})
+    assert named_run(wider, "student").id != st.id
+    assert named_run(wider, "dwt-weak").key["shape"]["hidden_size"] == 192
+
+
+@pytest.mark.parametrize("body, key, what", [
+    ("model:\n  sizes: {s: {layers: 6, hidden: 100, heads: 3}}\n  student: s\n", "model.sizes.s.heads",
+     "hidden 100 is not divisible by 3 heads"),
+    ("model:\n  sizes: {s: {layers: 6, hidden: 128, heads: 2, dim: 4}}\n", "model.sizes.s.dim", "unknown key"),
+    ("model:\n  sizes: {s: {layers: 6, hidden: 128}}\n", "model.sizes.s.heads", "missing"),
+    ("model:\n  sizes: {s: 6}\n", "model.sizes.s", "expected a mapping"),
+    ("model:\n  sizes: {s: {layers: 6, hidden: 128, heads: 2}}\n  student: t\n", "model.student",
+     "unknown model size 't': neither in model.sizes nor a preset (model.sizes: s; presets:"),
+    ("model:\n  sizes: [6]\n", "model.sizes", "expected a mapping"),
+])
+def test_profile_size_errors(tmp_path, body, key, what):
+    path = _child(tmp_path, body)
+    with pytest.raises(ConfigError) as e:
+        load_params(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: {key}: ") and what in msg and msg.count("\n") == 0, msg
 
 
 def test_short_hash_stable_across_processes():

@@ -47,3 +47,34 @@ def test_unknown_size_and_vocab_errors():
     with pytest.raises(ValueError, match="defined for vocab 30522"):
         bert_config("paper-student", 2000)
     assert "paper-student" in SIZES
+
+
+def test_profile_size_from_spec_and_lookup_order():
+    from dwt_lib.models import resolve_size, size_from_spec
+    kw = size_from_spec({"layers": 6, "hidden": 128, "heads": 2})
+    assert kw == {"num_hidden_layers": 6, "hidden_size": 128, "num_attention_heads": 2, "intermediate_size": 512}
+    assert size_from_spec({"layers": 1, "hidden": 96, "heads": 3, "intermediate": 200})["intermediate_size"] == 200
+    # a profile's size shadows a preset of the same name; other names still reach the presets
+    sizes = {"mini-student": {"layers": 6, "hidden": 128, "heads": 2}}
+    assert resolve_size("mini-student", sizes)["hidden_size"] == 128
+    assert resolve_size("mini-teacher-4l", sizes) == SIZES["mini-teacher-4l"]
+    cfg = bert_config("mini-student", 500, sizes=sizes)
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads) == (6, 128, 2)
+    assert bert_config(kw, 500).to_dict() == cfg.to_dict()      # a run's resolved shape builds the same
+    with pytest.raises(KeyError, match="profile sizes: mini-student; presets: "):
+        resolve_size("wide", sizes)
+
+
+@pytest.mark.parametrize("spec, key, what", [
+    ({"layers": 6, "hidden": 100, "heads": 3}, "heads", "not divisible by 3 heads"),
+    ({"layers": 6, "hidden": 128, "heads": 2, "width": 9}, "width", "unknown key"),
+    ({"layers": 6, "heads": 2}, "hidden", "missing"),
+    ({"layers": 0, "hidden": 128, "heads": 2}, "layers", "integer >= 1"),
+    ({"layers": 6, "hidden": 128.0, "heads": 2}, "hidden", "integer >= 1"),
+    ([6, 128, 2], "", "expected a mapping"),
+])
+def test_profile_size_errors_name_the_key(spec, key, what):
+    from dwt_lib.models import SizeError, size_from_spec
+    with pytest.raises(SizeError, match=what) as e:
+        size_from_spec(spec)
+    assert e.value.key == key
