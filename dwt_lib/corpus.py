@@ -1,7 +1,10 @@
-"""Pre-training corpus text: load documents, clean them, split sentences, sample 1 in N, split by document.
+"""Pre-training corpus text: clean documents, split sentences, sample 1 in N, split by document.
 
 Everything here is plain Python over strings and is deterministic: the same inputs give the same
-sentences in the same order on every machine. Tokenization, packing and caching are in ``data.py``.
+sentences in the same order on every machine. These functions define the rules; :mod:`dwt_lib.pipeline`
+applies them batch by batch on many cores (``sample_sentences`` and ``load_documents`` hold everything in
+lists: they are the small-scale reference the tests compare the pipeline with). Tokenization, packing
+and caching are in ``data.py``.
 
 Sentence splitter: ``blingfire`` (a compiled, rule/model-based splitter shipped inside its wheel, so
 nothing is downloaded at run time). Measured on 95k words of the Wikipedia mirror on one core:
@@ -67,8 +70,8 @@ def iter_texts(source: str, config: Optional[str], split: str, text_column: str,
     ds = datasets.load_dataset(source, config, split=split)
     if max_documents is not None:
         ds = ds.select(range(min(max_documents, len(ds))))
-    for t in ds[text_column]:
-        yield t or ""
+    for batch in ds.select_columns([text_column]).iter(batch_size=256):     # never the whole column at once
+        yield from (t or "" for t in batch[text_column])
 
 
 def load_documents(corpora: Sequence, max_documents: Optional[int] = None,
@@ -170,13 +173,18 @@ def sample_sentences(doc_sents: Sequence[Sequence[str]], every: int,
     return out
 
 
+def validation_draws(keys: Sequence[str], seed: int) -> list[float]:
+    """Per document key, ``sha256(seed:key)`` (first 8 bytes) as a number in [0, 1)."""
+    return [int.from_bytes(hashlib.sha256(f"{seed}:{k}".encode()).digest()[:8], "big") / 2**64 for k in keys]
+
+
 def validation_mask(keys: Sequence[str], fraction: float, seed: int) -> list[bool]:
-    """Per document, True when it goes to validation: ``sha256(seed:key)`` as a number in [0, 1) < fraction.
+    """Per document, True when it goes to validation: its :func:`validation_draws` value < fraction.
 
     Split by document, never by sentence, so no document contributes to both splits. When the hash
     would put no document in validation, the document with the smallest hash goes there.
     """
-    u = [int.from_bytes(hashlib.sha256(f"{seed}:{k}".encode()).digest()[:8], "big") / 2**64 for k in keys]
+    u = validation_draws(keys, seed)
     mask = [x < fraction for x in u]
     if keys and not any(mask):
         mask[min(range(len(u)), key=u.__getitem__)] = True

@@ -1,31 +1,33 @@
 """Pre-training data: source resolution, tokenizer, packing into BERT blocks, cache, MLM masking.
 
-``prepare_pretraining_data(cfg)`` turns ``cfg.data`` into two LongTensors of blocks
-``[CLS] s1 s2 ... [SEP] [PAD]...`` and caches them under ``outputs/.cache/data-<hash>/``
-(``$DWT_CACHE_DIR`` overrides the root). Text steps (cleaning, sentence split, 1-in-N sampling,
-split by document) are in :mod:`dwt_lib.corpus`. ``mask_tokens`` is BERT's 80/10/10 masking,
+``prepare_pretraining_data(cfg)`` turns ``cfg.data`` into two arrays of blocks ``[CLS] s1 s2 ... [SEP] [PAD]...``
+cached once under ``<outputs>/.cache/data-<hash>/`` (``$DWT_CACHE_DIR`` overrides the root) and opened
+memory-mapped (:mod:`dwt_lib.datacache`). Text rules (cleaning, sentence split, 1-in-N sampling, split by
+document) are in :mod:`dwt_lib.corpus`; the parallel, bounded-memory build is :mod:`dwt_lib.pipeline`. ``mask_tokens`` is BERT's 80/10/10 masking,
 fully determined by an explicit ``torch.Generator`` so a resumed run masks exactly as before.
 """
 from __future__ import annotations
 
-import dataclasses
+import hashlib
+import itertools
 import json
 import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import torch
 
-from . import corpus
+from . import corpus, datacache
 from .config import Config, DataConfig, stable_hash
+from .datacache import TokenBlocks, cache_root  # noqa: F401  (cache_root: re-exported)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Bump when a change here or in corpus.py changes the processed data: it is part of the cache hash.
-DATA_CODE_VERSION = 2
+DATA_CODE_VERSION = 3      # 3: deterministic tokenizer training (see train_tokenizer)
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 MIN_TAIL_TOKENS = 8   # a document's last block with fewer content tokens is dropped (~1 MLM target)
 
@@ -87,16 +89,61 @@ def load_tokenizer(name_or_path: str):
     return AutoTokenizer.from_pretrained(resolve(name_or_path), use_fast=True)
 
 
-def train_tokenizer(sentences: Sequence[str], vocab_size: int):
-    """A BERT-style uncased WordPiece (special tokens [PAD] [UNK] [CLS] [SEP] [MASK]) trained on ``sentences``."""
+def train_tokenizer(sentences: Iterable[str], vocab_size: int):
+    """A BERT-style uncased WordPiece (special tokens [PAD] [UNK] [CLS] [SEP] [MASK]) trained on ``sentences``,
+    the same for the same sentences on every run.
+
+    ``tokenizers``' own ``WordPieceTrainer`` is not deterministic: it numbers the ``##`` continuation pieces
+    in hash-map order, and ties between merges are broken by those numbers, so training twice on the same
+    sentences gives different ids and, now and then, different tokens. Here the same BPE training runs on
+    words whose non-initial characters are mapped to private-use twins (``h e l l o`` -> ``h ė ł ł ö``): the
+    twins stand for ``##e``..., are numbered in sorted order like every other character, and the learned
+    vocabulary is mapped back, which is exactly what ``WordPieceTrainer`` computes, minus the randomness.
+    Words are counted once (BERT normalizer + pre-tokenizer), so ``sentences`` may be a generator.
+    """
+    from collections import Counter
+
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=None, clean_text=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    norm = normalizers.BertNormalizer(lowercase=True, strip_accents=None, clean_text=True)
+    pre = pre_tokenizers.BertPreTokenizer()
+    counts: Counter = Counter()
+    batch: list[str] = []
+    for s in itertools.chain(sentences, [None]):
+        if s is not None:
+            batch.append(s)
+        if batch and (s is None or len(batch) == 4096):    # character-wise steps: a joined batch is the same
+            counts.update(w for w, _ in pre.pre_tokenize_str(norm.normalize_str(" ".join(batch))))
+            batch = []
+    chars = sorted(set().union(*counts)) if counts else []
+    base = 0xF0000                                        # plane-15 private use: one twin per character
+    if chars and ord(chars[-1]) >= base:
+        raise ValueError("tokenizer training text contains private-use characters U+F0000 and above")
+    twin = {ord(c): base + i for i, c in enumerate(chars)}
+    back = {v: k for k, v in twin.items()}
+
+    def twinned():
+        for w, n in sorted(counts.items()):
+            t = w[0] + w[1:].translate(twin)
+            for i in range(0, n, 1024):
+                yield " ".join([t] * min(1024, n - i))
+
+    bpe = Tokenizer(models.BPE(unk_token="[UNK]"))
+    bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    bpe.train_from_iterator(twinned(), trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, min_frequency=2, show_progress=False,
+        initial_alphabet=chars))
+    vocab = {}
+    for piece, i in sorted(bpe.get_vocab().items(), key=lambda kv: kv[1]):
+        if piece not in SPECIAL_TOKENS:
+            piece = ("##" if ord(piece[0]) >= base else "") + piece.translate(back)
+        vocab[piece] = i
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", continuing_subword_prefix="##",
+                                     max_input_chars_per_word=100))
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    tok.normalizer = norm
+    tok.pre_tokenizer = pre
     tok.decoder = decoders.WordPiece(prefix="##")
-    tok.train_from_iterator(sentences, trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, min_frequency=2, show_progress=False))
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.BertProcessing(("[SEP]", sep), ("[CLS]", cls))
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
@@ -124,7 +171,8 @@ def tokenize_documents(doc_sents: Sequence[Sequence[str]], tokenizer) -> list[li
 
 
 def pack_blocks(doc_ids: Sequence[Sequence[Sequence[int]]], max_seq_length: int,
-                cls_id: int, sep_id: int, pad_id: int, dtype=np.int32) -> np.ndarray:
+                cls_id: int, sep_id: int, pad_id: int, dtype=np.int32,
+                min_tail: int = MIN_TAIL_TOKENS) -> np.ndarray:
     """Pack tokenized documents into ``[n_blocks, max_seq_length]`` blocks ``[CLS] ... [SEP] [PAD]*``.
 
     Within one document the sentences are concatenated (each truncated to ``max_seq_length - 2``
@@ -143,7 +191,7 @@ def pack_blocks(doc_ids: Sequence[Sequence[Sequence[int]]], max_seq_length: int,
         if n == 0:
             continue
         nb = -(-n // C)
-        if nb > 1 and n - (nb - 1) * C < MIN_TAIL_TOKENS:
+        if nb > 1 and n - (nb - 1) * C < min_tail:
             nb -= 1
             flat = flat[:nb * C]
             n = len(flat)
@@ -165,18 +213,14 @@ def pack_blocks(doc_ids: Sequence[Sequence[Sequence[int]]], max_seq_length: int,
 
 @dataclass
 class PretrainingData:
-    """Packed pre-training blocks: ``train`` [N, L] and ``validation`` [M, L] token ids."""
-    train: torch.Tensor
-    validation: torch.Tensor
+    """Packed pre-training blocks: ``train`` [N, L] and ``validation`` [M, L] token ids, memory-mapped
+    read-only (indexing returns LongTensors of the rows asked for)."""
+    train: TokenBlocks
+    validation: TokenBlocks
     tokenizer: object            # PreTrainedTokenizerFast
     stats: dict
     cache_dir: Path
     hash: str
-
-
-def cache_root() -> Path:
-    """Root of processed-data caches: ``$DWT_CACHE_DIR``, default ``<repo>/outputs/.cache``."""
-    return Path(os.environ.get("DWT_CACHE_DIR") or REPO_ROOT / "outputs" / ".cache")
 
 
 def data_hash(dc: DataConfig) -> str:
@@ -194,93 +238,54 @@ def cache_path(dc: DataConfig) -> Path:
     return cache_root() / f"data-{data_hash(dc)}"
 
 
-def _hist(values: np.ndarray, bins: int = 40) -> dict:
-    if len(values) == 0:
-        return {"counts": [], "edges": []}
-    counts, edges = np.histogram(values, bins=bins)
-    return {"counts": counts.tolist(), "edges": edges.tolist()}
-
-
-def build(dc: DataConfig, out: Path) -> dict:
-    """Run the whole pipeline for ``dc`` and write ``train.npy``, ``validation.npy``, ``tokenizer/`` and
-    ``stats.json`` into ``out`` (an empty folder). Returns the stats."""
-    t0 = time.time()
+def build(dc: DataConfig, out: Path, num_proc: Optional[int] = None, streaming: bool = False) -> dict:
+    """Run the whole pipeline (:func:`dwt_lib.pipeline.build`) for ``dc`` and write ``train.npy``,
+    ``validation.npy``, ``tokenizer/`` and ``stats.json`` into ``out`` (an empty folder). Returns the stats."""
+    from . import pipeline
     srcs = [require_source(c.id, "pre-training corpus") for c in dc.corpora]
     if dc.tokenizer != "train":
         require_source(dc.tokenizer, "tokenizer", repo_type="model")
-    docs = corpus.load_documents(dc.corpora, dc.max_documents, resolve=dict(zip([c.id for c in dc.corpora], srcs)).get)
-    sents = corpus.document_sentences(docs)
-    sampled = corpus.sample_sentences(sents, dc.sample_every, dc.max_sentences)
-    is_val = corpus.validation_mask([d.key for d in docs], dc.validation_fraction, dc.seed)
-    train_docs = [s for s, v in zip(sampled, is_val) if not v]
-    val_docs = [s for s, v in zip(sampled, is_val) if v]
-    t_text = time.time()
-    if dc.tokenizer == "train":
-        tok = train_tokenizer([s for d in train_docs for s in d], dc.vocab_size)
-    else:
-        tok = load_tokenizer(dc.tokenizer)
-    t_tok = time.time()
-    ids_tr, ids_va = tokenize_documents(train_docs, tok), tokenize_documents(val_docs, tok)
-    dtype = np.uint16 if len(tok) <= 65536 else np.int32
-    special = dict(cls_id=tok.cls_token_id, sep_id=tok.sep_token_id, pad_id=tok.pad_token_id, dtype=dtype)
-    tr = pack_blocks(ids_tr, dc.max_seq_length, **special)
-    va = pack_blocks(ids_va, dc.max_seq_length, **special)
-    t_pack = time.time()
-    np.save(out / "train.npy", tr)
-    np.save(out / "validation.npy", va)
-    tok.save_pretrained(str(out / "tokenizer"))
-
-    words_all = sum(len(s.split()) for d in sents for s in d)
-    sent_words = np.array([len(s.split()) for d in sampled for s in d], dtype=np.int64)
-    sent_tokens = np.array([len(s) for d in ids_tr + ids_va for s in d], dtype=np.int64)
-    blocks = np.concatenate([tr, va]) if len(tr) + len(va) else np.zeros((0, dc.max_seq_length), dtype)
-    block_len = (blocks != tok.pad_token_id).sum(1)
-    tokens_after = int(sent_tokens.sum())
-    words_after = int(sent_words.sum())
-    tpw = tokens_after / max(1, words_after)
-    stats = {
-        "hash": out.name.split(".")[0].removeprefix("data-"),
-        "documents": len(docs), "train_documents": len(docs) - sum(is_val),
-        "validation_documents": sum(is_val),
-        "sentences_before_sampling": sum(map(len, sents)), "sentences_after_sampling": int(len(sent_words)),
-        "words_before_sampling": words_all, "words_after_sampling": words_after,
-        # Only sampled sentences are tokenized; the count before sampling is words x tokens/word.
-        "tokens_before_sampling_estimate": int(round(words_all * tpw)),
-        "tokens_after_sampling": tokens_after, "tokens_per_word": tpw,
-        "vocab_size": len(tok), "tokenizer": dc.tokenizer, "max_seq_length": dc.max_seq_length,
-        "train_blocks": int(len(tr)), "validation_blocks": int(len(va)),
-        "padding_fraction": float(1 - block_len.sum() / max(1, blocks.size)),
-        "sentence_length_words_hist": _hist(sent_words),
-        "sentence_length_tokens_hist": _hist(sent_tokens),
-        "block_length_tokens_hist": _hist(block_len),
-        "seconds": {"text": t_text - t0, "tokenizer": t_tok - t_text, "tokenize_pack": t_pack - t_tok},
-        "config": dataclasses.asdict(dc),
-        "data_code_version": DATA_CODE_VERSION,
-    }
-    (out / "stats.json").write_text(json.dumps(stats, indent=1))
+    try:
+        stats = pipeline.build(dc, out, srcs, num_proc=num_proc, streaming=streaming)
+    except pipeline.CorpusError as e:
+        raise DataSourceError(str(e)) from None
+    with open(out / "stats.json", "w") as f:
+        f.write(json.dumps(stats, indent=1))
     return stats
 
 
+def blocks_sha256(blocks: TokenBlocks) -> str:
+    """sha256 of a block array's shape, storage dtype and bytes: the identity of packed data."""
+    a = np.ascontiguousarray(blocks.array)
+    return hashlib.sha256(f"{a.shape}{a.dtype}".encode() + a.tobytes()).hexdigest()
+
+
 def load_cached(path: Path) -> PretrainingData:
-    """Read a finished cache folder written by :func:`build`."""
+    """Open a finished cache folder written by :func:`build` (blocks memory-mapped, not read)."""
     from transformers import PreTrainedTokenizerFast
     stats = json.loads((path / "stats.json").read_text())
     tok = PreTrainedTokenizerFast.from_pretrained(str(path / "tokenizer"))
-    as_long = lambda f: torch.from_numpy(np.load(path / f).astype(np.int64))
-    return PretrainingData(as_long("train.npy"), as_long("validation.npy"), tok, stats, path,
-                           path.name.removeprefix("data-"))
+    return PretrainingData(TokenBlocks(path / "train.npy"), TokenBlocks(path / "validation.npy"), tok, stats,
+                           path, path.name.removeprefix("data-"))
 
 
-def prepare_pretraining_data(cfg: Config) -> PretrainingData:
-    """Processed pre-training data for ``cfg.data``: from the cache when present, else built once.
+def prepare_pretraining_data(cfg: Config, num_proc: Optional[int] = None,
+                             streaming: Optional[bool] = None) -> PretrainingData:
+    """Processed pre-training data for ``cfg.data``: from the cache when present and intact, else built once.
 
-    A file lock makes concurrent callers wait for one build; the build goes to a temporary folder
-    that is renamed into place, so a reader never sees a half-written cache.
+    ``num_proc`` (default ``data.num_proc``, then all cores) changes the speed only. ``streaming`` (default:
+    ``$DWT_DATA_STREAMING`` = 1) streams Hub corpora into the build folder instead of the 🤗 datasets cache.
+
+    A file lock makes concurrent callers wait for one build; the build goes to a temporary folder that is
+    renamed into place once its manifest (checksums) is written, so a reader never sees a half-written
+    cache. A damaged entry is moved aside and rebuilt (see :mod:`dwt_lib.datacache`).
     """
     from filelock import FileLock
     dc = cfg.data
     path = cache_path(dc)
-    if (path / "stats.json").exists():
+    if path.parent.is_dir():
+        datacache.remove_stale_builds(path.parent)
+    if path.is_dir() and datacache.verify(path) is None:
         return load_cached(path)
     for c in dc.corpora:               # fail before any work (and before taking the lock)
         require_source(c.id, "pre-training corpus")
@@ -288,15 +293,23 @@ def prepare_pretraining_data(cfg: Config) -> PretrainingData:
         require_source(dc.tokenizer, "tokenizer", repo_type="model")
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
-        if not (path / "stats.json").exists():
-            tmp = path.parent / f"{path.name}.tmp-{os.getpid()}"
+        datacache.remove_stale_builds(path.parent)
+        if path.exists():
+            why = datacache.verify(path)
+            if why is None:            # another process built it while we waited
+                return load_cached(path)
+            datacache.move_aside(path, why)
+        tmp = path.parent / f"{path.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            if streaming is None:
+                streaming = os.environ.get("DWT_DATA_STREAMING", "").lower() in ("1", "true", "yes", "on")
+            build(dc, tmp, num_proc=num_proc, streaming=streaming)
+            datacache.write_manifest(tmp)
+            os.replace(tmp, path)
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-            try:
-                build(dc, tmp)
-                os.replace(tmp, path)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
     return load_cached(path)
 
 

@@ -28,7 +28,7 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def small(cache_dir):
-    return data.prepare_pretraining_data(load_params("smoke", SMALL))
+    return data.prepare_pretraining_data(load_params("smoke", SMALL), num_proc=1)
 
 
 # ----------------------------------------------------------------------------- sources
@@ -91,8 +91,8 @@ def test_split_is_by_document(small):
     assert st["train_documents"] + st["validation_documents"] == st["documents"] == 8
     # no validation block's content appears in a training block (blocks are document-pure)
     strip = lambda t: tuple(x for x in t.tolist() if x >= 5)
-    train_rows = {strip(r) for r in small.train}
-    assert not any(strip(r) in train_rows for r in small.validation if len(strip(r)) >= 8)
+    train_rows = {strip(r) for r in small.train[:]}
+    assert not any(strip(r) in train_rows for r in small.validation[:] if len(strip(r)) >= 8)
 
 
 # ----------------------------------------------------------------------------- packing
@@ -119,8 +119,10 @@ def test_blocks_start_with_cls_end_with_sep_and_never_mix_documents():
 def test_real_blocks_are_well_formed(small):
     tok, L = small.tokenizer, 32
     assert small.train.dtype == torch.long and small.train.shape[1] == L
+    assert isinstance(small.train.array, np.memmap) and small.train.array.dtype == np.uint16   # on disk
     assert len(tok) == 400 and tok.cls_token_id is not None
-    for x in (small.train, small.validation):
+    for x in (small.train[:], small.validation[:]):
+        assert x.dtype == torch.long and x.shape[1] == L
         assert (x[:, 0] == tok.cls_token_id).all()
         assert ((x == tok.sep_token_id).sum(1) == 1).all()
         assert ((x == tok.cls_token_id).sum(1) == 1).all()
@@ -138,7 +140,7 @@ def test_second_call_is_a_cache_hit(small, monkeypatch):
         monkeypatch.setattr(data, name, boom)
     again = data.prepare_pretraining_data(load_params("smoke", SMALL))
     assert again.hash == small.hash and again.cache_dir == small.cache_dir
-    assert torch.equal(again.train, small.train) and torch.equal(again.validation, small.validation)
+    assert torch.equal(again.train[:], small.train[:]) and torch.equal(again.validation[:], small.validation[:])
     assert not list(small.cache_dir.parent.glob("*.tmp-*"))
 
 
@@ -153,6 +155,130 @@ def test_any_input_change_changes_the_cache_dir(cache_dir):
     paths = {k: data.cache_path(base.replace(**{k: v}).data) for k, v in changes.items()}
     assert p0 not in paths.values() and len(set(paths.values())) == len(paths)
     assert data.cache_path(base.replace(**{"data.num_proc": 1}).data) == p0   # speed only
+
+
+# ----------------------------------------------------------------------------- the parallel pipeline
+
+def reference(dc, tok):
+    """Today's rules written with Python lists (the pre-pipeline implementation): blocks and counts."""
+    docs = corpus.load_documents(dc.corpora, dc.max_documents, resolve=data.resolve)
+    sents = corpus.document_sentences(docs)
+    sampled = corpus.sample_sentences(sents, dc.sample_every, dc.max_sentences)
+    is_val = corpus.validation_mask([d.key for d in docs], dc.validation_fraction, dc.seed)
+    tr = [s for s, v in zip(sampled, is_val) if not v]
+    va = [s for s, v in zip(sampled, is_val) if v]
+    kw = dict(cls_id=tok.cls_token_id, sep_id=tok.sep_token_id, pad_id=tok.pad_token_id, dtype=np.uint16)
+    blocks = [data.pack_blocks(data.tokenize_documents(x, tok), dc.max_seq_length, **kw) for x in (tr, va)]
+    return blocks, [s for d in tr for s in d], {
+        "documents": len(docs), "validation_documents": sum(is_val),
+        "sentences_before_sampling": sum(map(len, sents)), "sentences_after_sampling": sum(map(len, sampled)),
+        "words_before_sampling": sum(len(s.split()) for d in sents for s in d),
+        "words_after_sampling": sum(len(s.split()) for d in sampled for s in d)}
+
+
+def test_pipeline_equals_the_list_reference(small):
+    dc = load_params("smoke", SMALL).data
+    (tr, va), train_sentences, counts = reference(dc, small.tokenizer)
+    assert np.array_equal(np.asarray(small.train.array), tr) and np.array_equal(np.asarray(small.validation.array), va)
+    assert {k: small.stats[k] for k in counts} == counts
+    # the tokenizer: trained on every sampled training sentence, in order, deterministically
+    assert small.stats["tokenizer_training_sentences"] == len(train_sentences)
+    assert data.train_tokenizer(train_sentences, dc.vocab_size).get_vocab() == small.tokenizer.get_vocab()
+
+
+def test_tokenizer_training_is_deterministic_and_matches_wordpiece():
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    docs = corpus.load_documents(load_params("smoke").data.corpora[:1], 200, resolve=data.resolve)   # Wikipedia
+    sents = [s for d in corpus.document_sentences(docs) for s in d][:3000]
+    a, b = (data.train_tokenizer(iter(sents), 500) for _ in range(2))
+    assert a.get_vocab() == b.get_vocab() and len(a) == 500
+    ref = Tokenizer(models.WordPiece(unk_token="[UNK]"))      # tokenizers' own (non-deterministic) trainer
+    ref.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=None, clean_text=True)
+    ref.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    ref.train_from_iterator(sents, trainers.WordPieceTrainer(vocab_size=500, special_tokens=data.SPECIAL_TOKENS,
+                                                             min_frequency=2, show_progress=False))
+    ours, theirs = set(a.get_vocab()), set(ref.get_vocab())
+    assert len(ours ^ theirs) <= 6 and {"##s", "the"} <= ours          # the same pieces, up to merge ties
+    enc = a("Tokenization is deterministic.")["input_ids"]
+    assert enc[0] == a.cls_token_id and enc[-1] == a.sep_token_id and a.unk_token_id not in enc
+
+
+def test_same_blocks_for_one_and_two_processes(small, tmp_path, monkeypatch):
+    monkeypatch.setenv("DWT_CACHE_DIR", str(tmp_path))
+    two = data.prepare_pretraining_data(load_params("smoke", SMALL), num_proc=2)
+    assert two.stats["num_proc"] == 2 and small.stats["num_proc"] == 1
+    for a, b in ((two.train, small.train), (two.validation, small.validation)):
+        assert data.blocks_sha256(a) == data.blocks_sha256(b)
+    assert two.tokenizer.get_vocab() == small.tokenizer.get_vocab()
+
+
+README = """---
+configs:
+- config_name: en
+  data_files:
+  - split: train
+    path: texts/part-*.parquet
+- config_name: empty
+  data_files:
+  - split: train
+    path: nothing/part-*.parquet
+---
+# org/books: a local dataset folder standing in for a Hub repo
+"""
+
+
+@pytest.fixture(scope="module")
+def hub_like(tmp_path_factory):
+    """``<mirror>/org/books``: texts under a path only the README's ``configs:`` block names, column ``body``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    mirror = tmp_path_factory.mktemp("mirror")
+    folder = mirror / "org" / "books"
+    (folder / "texts").mkdir(parents=True)
+    (folder / "nothing").mkdir()
+    (folder / "README.md").write_text(README)
+    texts = list(corpus.iter_texts(str(data.data_dir() / "corpora/wikipedia-en"), None, "train", "text", 12))
+    pq.write_table(pa.table({"body": texts[:7]}), folder / "texts" / "part-0.parquet")
+    pq.write_table(pa.table({"body": texts[7:]}), folder / "texts" / "part-1.parquet")
+    pq.write_table(pa.table({"body": pa.array([], pa.string())}), folder / "nothing" / "part-0.parquet")
+    return mirror, texts
+
+
+def _hub_cfg(**source):
+    return load_params("smoke", {**SMALL, "data.corpora": [{"id": "org/books", **source}], "data.max_documents": None,
+                                 "data.max_sentences": None, "data.validation_fraction": 0.2})
+
+
+def test_local_folder_is_read_exactly_as_a_hub_id(hub_like, tmp_path, monkeypatch):
+    import datasets
+    mirror, texts = hub_like
+    monkeypatch.setenv("DWT_DATA_DIR", str(mirror))
+    calls = []
+    real = datasets.load_dataset
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
+    monkeypatch.setenv("DWT_CACHE_DIR", str(tmp_path / "a"))
+    d = data.prepare_pretraining_data(_hub_cfg(config="en", text_column="body"))
+    # the same call a Hub id gets (load_dataset(id, config, split=...)), with the mirror folder in its place
+    assert calls == [((str(mirror / "org/books"), "en"), {"split": "train", "streaming": False})]
+    sents = [corpus.split_sentences(corpus.clean_document(t)) for t in texts]
+    assert d.stats["documents"] == 12 and d.stats["sentences_before_sampling"] == sum(map(len, sents))
+    assert d.stats["words_before_sampling"] == sum(len(s.split()) for x in sents for s in x)
+    monkeypatch.setenv("DWT_CACHE_DIR", str(tmp_path / "b"))            # streamed: the same blocks
+    s = data.prepare_pretraining_data(_hub_cfg(config="en", text_column="body"), streaming=True)
+    assert data.blocks_sha256(s.train) == data.blocks_sha256(d.train) and calls[-1][1]["streaming"] is True
+    assert data.blocks_sha256(s.validation) == data.blocks_sha256(d.validation)
+
+
+@pytest.mark.parametrize("source, words", [({"config": "en"}, ["org/books", "no column 'text'", "body", "text_column"]),
+                                           ({"config": "empty", "text_column": "body"},
+                                            ["org/books", "'empty'", "no rows"])])
+def test_missing_column_or_empty_corpus_is_one_clear_error(hub_like, tmp_path, monkeypatch, source, words):
+    monkeypatch.setenv("DWT_DATA_DIR", str(hub_like[0]))
+    monkeypatch.setenv("DWT_CACHE_DIR", str(tmp_path))
+    with pytest.raises(data.DataSourceError) as e:
+        data.prepare_pretraining_data(_hub_cfg(**source))
+    assert all(w in str(e.value) for w in words), str(e.value)
+    assert "\n" not in str(e.value) and not [p for p in tmp_path.glob("data-*") if p.is_dir()]   # no entry left
 
 
 # ----------------------------------------------------------------------------- masking

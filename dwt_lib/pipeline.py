@@ -1,0 +1,381 @@
+"""Build the processed pre-training data on 🤗 ``datasets``: batched passes on ``num_proc`` workers, shards on
+disk, memory bounded by the batch, not the corpus (HF ``run_mlm.py`` / Megatron ``preprocess_data.py``).
+
+1. **Read.** Each corpus is ``datasets.load_dataset(folder or Hub id, config, split=split)``: the mirror's
+   Parquet folders (their README ``configs:`` block) and Hub repos go through the same call, as memory-mapped
+   Arrow. ``streaming=True`` streams a Hub corpus into Arrow shards in the build folder instead.
+2. **Text pass** (``map``, batched, ``num_proc``): clean, split sentences, count words; the document's
+   validation draw ``sha256(seed:key)``. Workers take contiguous shards and datasets concatenates them in
+   order, so the output does not depend on ``num_proc`` (no leftovers carried between batches).
+3. **Sampling plan** (main process, arrays of one number per document, as Megatron keeps document lengths):
+   documents in the global order (corpora interleaved round-robin), an exclusive prefix sum of sentence
+   counts gives each document's first global sentence index, hence which of its sentences are 1 in N and how
+   many survive ``max_sentences``. Validation documents by hash.
+4. **Tokenizer**: loaded, or trained on at most ``TOKENIZER_SAMPLE_SENTENCES`` training sentences taken
+   evenly (in global order) from the sampled ones.
+5. **Tokenize + pack pass** (``map``, ``num_proc``): each document's sampled sentences are tokenized and packed
+   into its own blocks (a block never mixes documents, so this is per document and order-free).
+6. **Gather** (main process, streaming windows in global order): blocks appended to ``train.npy`` /
+   ``validation.npy`` (``numpy.lib.format.open_memmap``), statistics accumulated as histograms of counts.
+
+The result equals :func:`dwt_lib.data.build_in_memory` (the reference written with Python lists) block for
+block; ``tests/test_data.py`` checks it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from . import corpus
+
+TOKENIZER_SAMPLE_SENTENCES = 2_000_000   # tokenizer training reads at most this many training sentences
+BATCH_BYTES = 8 << 20                    # text per map batch (a few books, or ~5k Wikipedia articles)
+WINDOW_ITEMS = 1 << 22                   # block rows / sentences held by the main process per gather window
+
+
+class CorpusError(ValueError):
+    """A corpus that cannot be used as configured (missing column, no documents)."""
+
+
+def _nproc(num_proc: Optional[int]) -> int:
+    return max(1, num_proc or os.cpu_count() or 1)
+
+
+# ----------------------------------------------------------------------------- 1. read
+
+def open_corpus(c, source: str, max_documents: Optional[int], work: Path, streaming: bool = False):
+    """Corpus ``c`` (a :class:`~dwt_lib.config.CorpusSource`) read from ``source`` (a folder or Hub id) as a
+    ``datasets.Dataset`` with one column ``text``: its first ``max_documents`` rows (all when None)."""
+    import datasets
+    name = f"corpus {c.id!r}" + (f" (config {c.config!r})" if c.config else "") + f", split {c.split!r}"
+    try:
+        ds = datasets.load_dataset(source, c.config, split=c.split, streaming=streaming)
+    except Exception as e:           # no data files, an empty file, an unknown config or split, no network
+        why = (str(e).strip().splitlines() or [""])[0][:300]
+        raise CorpusError(f"{name} could not be read from {source}: it has no rows or is unreadable "
+                          f"({type(e).__name__}{': ' + why if why else ''}); check the source, its config "
+                          f"and split") from e
+    cols = list(ds.column_names or ds.features or [])
+    if c.text_column not in cols:
+        raise CorpusError(f"{name} has no column {c.text_column!r} (columns: {', '.join(map(str, cols)) or 'none'}); "
+                          f"set text_column for this corpus in data.corpora")
+    if streaming:
+        from datasets.arrow_writer import ArrowWriter
+        it = ds.select_columns([c.text_column])
+        if max_documents is not None:
+            it = it.take(max_documents)
+        path = work / f"stream-{hashlib.sha256(name.encode()).hexdigest()[:8]}.arrow"
+        w = ArrowWriter(path=str(path), features=datasets.Features({"text": datasets.Value("string")}))
+        buf: list = []
+        for row in it:
+            buf.append(row[c.text_column])
+            if len(buf) == 1000:
+                w.write_batch({"text": buf})
+                buf = []
+        if buf:
+            w.write_batch({"text": buf})
+        w.finalize()
+        ds = datasets.Dataset.from_file(str(path))
+    else:
+        if max_documents is not None and max_documents < len(ds):
+            ds = ds.select(range(max_documents))
+        ds = ds.select_columns([c.text_column])
+        if c.text_column != "text":
+            ds = ds.rename_column(c.text_column, "text")
+    if len(ds) == 0:
+        raise CorpusError(f"{name} is empty: no documents to prepare; check the source ({source}) and its split")
+    return ds
+
+
+def _batch_size(ds) -> int:
+    """Rows per map batch: about ``BATCH_BYTES`` of text (1 to 1000 rows)."""
+    avg = max(1, ds.data.nbytes // max(1, len(ds)))
+    return int(min(1000, max(1, BATCH_BYTES // avg)))
+
+
+# ----------------------------------------------------------------------------- 2. text pass
+
+def _text_batch(batch: dict, idx: list, cid: str, seed: int) -> dict:
+    import pyarrow as pa
+    sents = [corpus.split_sentences(corpus.clean_document(t or "")) for t in batch["text"]]
+    keys = [f"{cid}#{i}" for i in idx]
+    return pa.table({"sentences": pa.array(sents, pa.list_(pa.string())),
+                     "n_sentences": pa.array([len(s) for s in sents], pa.int64()),
+                     "n_words": pa.array([sum(len(x.split()) for x in s) for s in sents], pa.int64()),
+                     "u": pa.array(corpus.validation_draws(keys, seed), pa.float64())})
+
+
+def _map(ds, fn, work: Path, name: str, num_proc: int, fingerprint: str, fn_kwargs: dict, desc: str,
+         features=None, batch_size: Optional[int] = None):
+    bs = batch_size or _batch_size(ds)
+    n = min(num_proc, max(1, -(-len(ds) // bs)))        # no more workers than batches
+    return ds.map(fn, batched=True, with_indices=True, batch_size=bs, writer_batch_size=bs,
+                  num_proc=n if n > 1 else None, remove_columns=ds.column_names, fn_kwargs=fn_kwargs,
+                  cache_file_name=str(work / f"{name}.arrow"), new_fingerprint=fingerprint, features=features,
+                  load_from_cache_file=False, desc=desc)
+
+
+# ----------------------------------------------------------------------------- 3. plan
+
+def interleave_order(sizes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Corpus and row of each position of the round-robin interleaving (row 0 of each corpus, then row 1, ...)."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    rows = np.concatenate([np.arange(n, dtype=np.int64) for n in sizes]) if len(sizes) else np.zeros(0, np.int64)
+    cors = np.repeat(np.arange(len(sizes)), sizes)
+    o = np.lexsort((cors, rows))                      # by row (round), then corpus
+    return cors[o], rows[o]
+
+
+def sampling_plan(n_sentences: np.ndarray, every: int, max_sentences: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per document (global order): local index of its first kept sentence and how many it keeps.
+
+    The same rule as :func:`dwt_lib.corpus.sample_sentences`: sentence ``g`` (global running index) is kept
+    when ``g % every == 0``, then the first ``max_sentences`` kept ones overall.
+    """
+    n = np.asarray(n_sentences, dtype=np.int64)
+    g = np.cumsum(n) - n                              # global index of each document's first sentence
+    first = (-g) % every
+    kept = np.where(n > first, (n - first + every - 1) // every, 0)
+    if max_sentences is not None:
+        before = np.cumsum(kept) - kept
+        kept = np.clip(max_sentences - before, 0, kept)
+    return first, kept
+
+
+def validation_from_draws(u: np.ndarray, fraction: float) -> np.ndarray:
+    """:func:`dwt_lib.corpus.validation_mask` from precomputed draws: ``u < fraction``, at least one."""
+    mask = u < fraction
+    if len(u) and not mask.any():
+        mask[int(np.argmin(u))] = True
+    return mask
+
+
+def _windows(weights: np.ndarray, cap: int) -> Iterator[tuple[int, int]]:
+    """Split ``range(len(weights))`` into consecutive windows of total weight about ``cap`` (>= 1 item each)."""
+    c = np.cumsum(weights)
+    i = 0
+    while i < len(weights):
+        base = c[i - 1] if i else 0
+        j = max(i + 1, int(np.searchsorted(c, base + cap, side="right")))
+        yield i, min(j, len(weights))
+        i = j
+
+
+# ----------------------------------------------------------------------------- 4. tokenizer sample
+
+def _iter_training_sentences(text_ds: list, order: tuple, first: np.ndarray, kept: np.ndarray,
+                             is_val: np.ndarray, every: int, limit: int) -> Iterator[str]:
+    """Sampled training sentences in global order, evenly thinned to at most ``limit``."""
+    cors, rows = order
+    train_kept = np.where(is_val, 0, kept)
+    total = int(train_kept.sum())
+    stride = max(1, -(-total // limit))
+    j = 0                                             # global index among sampled training sentences
+    todo = np.nonzero(train_kept)[0]
+    if not len(todo):
+        return
+    for a, b in _windows(train_kept[todo], WINDOW_ITEMS):
+        sel = todo[a:b]
+        cols = {}
+        for k in np.unique(cors[sel]):
+            r = rows[sel][cors[sel] == k]
+            # rows of one corpus within a window are increasing: read them as one slice
+            t = text_ds[k].data.slice(int(r[0]), int(r[-1] - r[0] + 1)).column("sentences").to_pylist()
+            cols[int(k)] = (int(r[0]), t)
+        for p in sel:
+            r0, t = cols[int(cors[p])]
+            for s in t[int(rows[p]) - r0][int(first[p])::every][:int(kept[p])]:
+                if j % stride == 0:
+                    yield s
+                j += 1
+
+
+# ----------------------------------------------------------------------------- 5. tokenize + pack pass
+
+def _pack_batch(batch: dict, idx: list, first: np.ndarray, kept: np.ndarray, every: int, tok, L: int,
+                dtype: str, min_tail: int) -> dict:
+    import pyarrow as pa
+
+    from .data import pack_blocks
+    sampled = [s[int(first[i])::every][:int(kept[i])] for s, i in zip(batch["sentences"], idx)]
+    flat = [s for d in sampled for s in d]
+    backend = getattr(tok, "backend_tokenizer", tok)
+    enc = getattr(backend, "encode_batch_fast", backend.encode_batch)(flat, add_special_tokens=False) if flat else []
+    ids = [e.ids for e in enc]
+    blocks, n_blocks, block_len = [], [], []
+    i = 0
+    for d in sampled:
+        b = pack_blocks([ids[i:i + len(d)]], L, tok.cls_token_id, tok.sep_token_id, tok.pad_token_id,
+                        dtype=np.dtype(dtype), min_tail=min_tail)
+        i += len(d)
+        blocks.append(b.reshape(-1))
+        n_blocks.append(len(b))
+        block_len.append((b != tok.pad_token_id).sum(1).astype(np.int32))
+    lst = lambda arrs, t: pa.ListArray.from_arrays(
+        pa.array(np.concatenate([[0], np.cumsum([len(a) for a in arrs])]).astype(np.int32)),
+        pa.array(np.concatenate(arrs) if arrs else np.zeros(0, t), type=pa.from_numpy_dtype(t)))
+    return pa.table({"blocks": lst(blocks, np.dtype(dtype)), "n_blocks": pa.array(n_blocks, pa.int64()),
+                     "block_len": lst(block_len, np.dtype(np.int32)),
+                     "sent_words": lst([np.array([len(s.split()) for s in d], np.int32) for d in sampled],
+                                       np.dtype(np.int32)),
+                     "sent_tokens": lst([np.array([len(x) for x in ids_d], np.int32) for ids_d in
+                                         _split(ids, [len(d) for d in sampled])], np.dtype(np.int32))})
+
+
+def _split(xs: list, lens: list) -> list:
+    out, i = [], 0
+    for n in lens:
+        out.append(xs[i:i + n])
+        i += n
+    return out
+
+
+# ----------------------------------------------------------------------------- 6. gather
+
+def _hist(bincounts: np.ndarray, bins: int = 40) -> dict:
+    """``np.histogram(values, bins)`` of the values whose counts are ``bincounts`` (identical edges and counts)."""
+    vals = np.nonzero(bincounts)[0]
+    if len(vals) == 0:
+        return {"counts": [], "edges": []}
+    counts, edges = np.histogram(vals, bins=bins, weights=bincounts[vals])
+    return {"counts": counts.astype(np.int64).tolist(), "edges": edges.tolist()}
+
+
+def _add_counts(acc: np.ndarray, values: np.ndarray) -> np.ndarray:
+    bc = np.bincount(values)
+    if len(bc) > len(acc):
+        acc = np.concatenate([acc, np.zeros(len(bc) - len(acc), acc.dtype)])
+    acc[:len(bc)] += bc
+    return acc
+
+
+def gather(packed: list, order: tuple, is_val: np.ndarray, out: Path, L: int, dtype) -> dict:
+    """Write every document's blocks in global order to ``train.npy`` / ``validation.npy``; returns sums and
+    bincounts for the statistics. Memory: one window of about ``WINDOW_ITEMS`` blocks."""
+    from numpy.lib.format import open_memmap
+    cors, rows = order
+    nb = np.zeros(len(cors), np.int64)
+    for k, ds in enumerate(packed):
+        sel = cors == k
+        nb[sel] = ds.data.column("n_blocks").to_numpy()[rows[sel]]
+    files = {False: open_memmap(out / "train.npy", "w+", dtype, (int(nb[~is_val].sum()), L)),
+             True: open_memmap(out / "validation.npy", "w+", dtype, (int(nb[is_val].sum()), L))}
+    cursor = {False: 0, True: 0}
+    acc = {"sent_words": np.zeros(1, np.int64), "sent_tokens": np.zeros(1, np.int64), "block_len": np.zeros(1, np.int64)}
+    for a, b in _windows(np.maximum(nb, 1), WINDOW_ITEMS):
+        sl = {}
+        for k in np.unique(cors[a:b]):
+            r = rows[a:b][cors[a:b] == k]
+            sl[int(k)] = (int(r[0]), packed[k].data.slice(int(r[0]), int(r[-1] - r[0] + 1)))
+        for k, (r0, t) in sl.items():
+            for col in acc:
+                acc[col] = _add_counts(acc[col], t.column(col).combine_chunks().flatten().to_numpy(zero_copy_only=False))
+        vals = {k: t.column("blocks").combine_chunks() for k, (_, t) in sl.items()}
+        offs = {k: v.offsets.to_numpy() for k, v in vals.items()}
+        flat = {k: v.values.to_numpy(zero_copy_only=False) for k, v in vals.items()}
+        for split in (False, True):
+            parts = []
+            for p in range(a, b):
+                if is_val[p] == split and nb[p]:
+                    k = int(cors[p])
+                    i = int(rows[p]) - sl[k][0]
+                    parts.append(flat[k][offs[k][i]:offs[k][i + 1]])
+            if parts:
+                x = np.concatenate(parts).reshape(-1, L)
+                files[split][cursor[split]:cursor[split] + len(x)] = x
+                cursor[split] += len(x)
+    for m in files.values():
+        m.flush()
+    del files
+    return {"train_blocks": cursor[False], "validation_blocks": cursor[True], **acc}
+
+
+# ----------------------------------------------------------------------------- the build
+
+def build(dc, out: Path, sources: Sequence[str], num_proc: Optional[int] = None, streaming: bool = False) -> dict:
+    """Write ``train.npy``, ``validation.npy``, ``tokenizer/`` and ``stats.json`` for ``dc`` into ``out``
+    (an empty folder; intermediate Arrow shards go to ``out/work`` and are removed). Returns the stats."""
+    import shutil
+
+    from .data import DATA_CODE_VERSION, MIN_TAIL_TOKENS, load_tokenizer, train_tokenizer
+    t0 = time.time()
+    nproc = _nproc(num_proc or dc.num_proc)
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    old_par = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"     # one thread per worker: num_proc is the core count
+    try:
+        raw = [open_corpus(c, s, dc.max_documents, work, streaming) for c, s in zip(dc.corpora, sources)]
+        text = [_map(ds, _text_batch, work, f"text-{k}", nproc, f"text-{k}-{out.name}", {"cid": c.id, "seed": dc.seed},
+                     f"clean + split {c.id}") for k, (c, ds) in enumerate(zip(dc.corpora, raw))]
+        order = interleave_order([len(d) for d in text])
+        cors, rows = order
+        col = lambda dss, name: np.concatenate([d.data.column(name).to_numpy() for d in dss])
+        base = np.cumsum([0] + [len(d) for d in text])[:-1]
+        n_sent = col(text, "n_sentences")[base[cors] + rows]
+        n_words = col(text, "n_words")[base[cors] + rows]
+        u = col(text, "u")[base[cors] + rows]
+        first, kept = sampling_plan(n_sent, dc.sample_every, dc.max_sentences)
+        is_val = validation_from_draws(u, dc.validation_fraction)
+        t_text = time.time()
+
+        n_tok_sample = None
+        if dc.tokenizer == "train":
+            n_tok_sample = int(min(np.where(is_val, 0, kept).sum(), TOKENIZER_SAMPLE_SENTENCES))
+            tok = train_tokenizer(_iter_training_sentences(text, order, first, kept, is_val, dc.sample_every,
+                                                           TOKENIZER_SAMPLE_SENTENCES), dc.vocab_size)
+        else:
+            tok = load_tokenizer(dc.tokenizer)
+        t_tok = time.time()
+
+        dtype = np.uint16 if len(tok) <= 65536 else np.int32
+        packed = []
+        for k, (c, ds) in enumerate(zip(dc.corpora, text)):
+            sel = cors == k
+            f_k, k_k = np.zeros(len(ds), np.int64), np.zeros(len(ds), np.int64)
+            f_k[rows[sel]], k_k[rows[sel]] = first[sel], kept[sel]
+            packed.append(_map(ds, _pack_batch, work, f"pack-{k}", nproc, f"pack-{k}-{out.name}",
+                               dict(first=f_k, kept=k_k, every=dc.sample_every, tok=tok, L=dc.max_seq_length,
+                                    dtype=np.dtype(dtype).name, min_tail=MIN_TAIL_TOKENS),
+                               f"tokenize + pack {c.id}", batch_size=_batch_size(raw[k])))
+        g = gather(packed, order, is_val, out, dc.max_seq_length, dtype)
+        t_pack = time.time()
+        tok.save_pretrained(str(out / "tokenizer"))
+    finally:
+        if old_par is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = old_par
+    del raw, text, packed
+    shutil.rmtree(work, ignore_errors=True)
+
+    sw, st, bl = g["sent_words"], g["sent_tokens"], g["block_len"]
+    words_all = int(n_words.sum())
+    words_after = int((sw * np.arange(len(sw))).sum())
+    tokens_after = int((st * np.arange(len(st))).sum())
+    tpw = tokens_after / max(1, words_after)
+    n_blocks = g["train_blocks"] + g["validation_blocks"]
+    return {
+        "hash": out.name.split(".")[0].removeprefix("data-"),
+        "documents": len(cors), "train_documents": int((~is_val).sum()), "validation_documents": int(is_val.sum()),
+        "sentences_before_sampling": int(n_sent.sum()), "sentences_after_sampling": int(kept.sum()),
+        "words_before_sampling": words_all, "words_after_sampling": words_after,
+        # Only sampled sentences are tokenized; the count before sampling is words x tokens/word.
+        "tokens_before_sampling_estimate": int(round(words_all * tpw)),
+        "tokens_after_sampling": tokens_after, "tokens_per_word": tpw,
+        "vocab_size": len(tok), "tokenizer": dc.tokenizer, "max_seq_length": dc.max_seq_length,
+        "tokenizer_training_sentences": n_tok_sample,
+        "train_blocks": g["train_blocks"], "validation_blocks": g["validation_blocks"],
+        "padding_fraction": float(1 - (bl * np.arange(len(bl))).sum() / max(1, n_blocks * dc.max_seq_length)),
+        "sentence_length_words_hist": _hist(sw), "sentence_length_tokens_hist": _hist(st),
+        "block_length_tokens_hist": _hist(bl),
+        "seconds": {"text": t_text - t0, "tokenizer": t_tok - t_text, "tokenize_pack": t_pack - t_tok},
+        "num_proc": nproc, "storage_dtype": np.dtype(dtype).name,
+        "config": dataclasses.asdict(dc), "data_code_version": DATA_CODE_VERSION,
+    }
