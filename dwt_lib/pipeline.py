@@ -101,9 +101,9 @@ def _batch_size(ds) -> int:
 
 # ----------------------------------------------------------------------------- 2. text pass
 
-def _text_batch(batch: dict, idx: list, cid: str, seed: int) -> dict:
+def _text_batch(batch, idx: list, cid: str, seed: int):
     import pyarrow as pa
-    sents = [corpus.split_sentences(corpus.clean_document(t or "")) for t in batch["text"]]
+    sents = [corpus.split_sentences(corpus.clean_document(t or "")) for t in batch.column("text").to_pylist()]
     keys = [f"{cid}#{i}" for i in idx]
     return pa.table({"sentences": pa.array(sents, pa.list_(pa.string())),
                      "n_sentences": pa.array([len(s) for s in sents], pa.int64()),
@@ -111,11 +111,15 @@ def _text_batch(batch: dict, idx: list, cid: str, seed: int) -> dict:
                      "u": pa.array(corpus.validation_draws(keys, seed), pa.float64())})
 
 
+def _fp(step: str, out: Path) -> str:
+    return hashlib.sha256(f"{step}:{out}".encode()).hexdigest()[:16]
+
+
 def _map(ds, fn, work: Path, name: str, num_proc: int, fingerprint: str, fn_kwargs: dict, desc: str,
          features=None, batch_size: Optional[int] = None):
     bs = batch_size or _batch_size(ds)
     n = min(num_proc, max(1, -(-len(ds) // bs)))        # no more workers than batches
-    return ds.map(fn, batched=True, with_indices=True, batch_size=bs, writer_batch_size=bs,
+    return ds.with_format("arrow").map(fn, batched=True, with_indices=True, batch_size=bs, writer_batch_size=bs,
                   num_proc=n if n > 1 else None, remove_columns=ds.column_names, fn_kwargs=fn_kwargs,
                   cache_file_name=str(work / f"{name}.arrow"), new_fingerprint=fingerprint, features=features,
                   load_from_cache_file=False, desc=desc)
@@ -177,34 +181,34 @@ def _iter_training_sentences(text_ds: list, order: tuple, first: np.ndarray, kep
     total = int(train_kept.sum())
     stride = max(1, -(-total // limit))
     j = 0                                             # global index among sampled training sentences
-    todo = np.nonzero(train_kept)[0]
-    if not len(todo):
-        return
-    for a, b in _windows(train_kept[todo], WINDOW_ITEMS):
-        sel = todo[a:b]
-        cols = {}
-        for k in np.unique(cors[sel]):
-            r = rows[sel][cors[sel] == k]
-            # rows of one corpus within a window are increasing: read them as one slice
-            t = text_ds[k].data.slice(int(r[0]), int(r[-1] - r[0] + 1)).column("sentences").to_pylist()
-            cols[int(k)] = (int(r[0]), t)
-        for p in sel:
-            r0, t = cols[int(cors[p])]
-            for s in t[int(rows[p]) - r0][int(first[p])::every][:int(kept[p])]:
-                if j % stride == 0:
-                    yield s
-                j += 1
+    for p in np.nonzero(train_kept)[0]:               # global order; one document's kept sentences at a time
+        col = text_ds[int(cors[p])].data.slice(int(rows[p]), 1).column("sentences")
+        for s in sampled_sentences(col, first[p:p + 1], kept[p:p + 1], every)[0]:
+            if j % stride == 0:
+                yield s
+            j += 1
 
 
 # ----------------------------------------------------------------------------- 5. tokenize + pack pass
 
-def _pack_batch(batch: dict, idx: list, first: np.ndarray, kept: np.ndarray, every: int, tok, L: int,
-                dtype: str, min_tail: int) -> dict:
+_PLANS: dict = {}
+
+
+def _plan(path: str) -> np.ndarray:
+    """A per-document plan array, memory-mapped once per worker (workers get its path, not the array)."""
+    if path not in _PLANS:
+        _PLANS[path] = np.load(path, mmap_mode="r")
+    return _PLANS[path]
+
+
+def _pack_batch(batch: dict, idx: list, plan: str, every: int, tok, L: int, dtype: str, min_tail: int) -> dict:
     import pyarrow as pa
 
     from .data import pack_blocks
-    sampled = [s[int(first[i])::every][:int(kept[i])] for s, i in zip(batch["sentences"], idx)]
-    flat = [s for d in sampled for s in d]
+    p = _plan(plan)
+    i0, i1 = idx[0], idx[-1] + 1                      # a batch is a contiguous run of rows
+    flat, lens = sampled_sentences(batch.column("sentences"), p[0, i0:i1], p[1, i0:i1], every)
+    sampled = _split(flat, lens.tolist())
     backend = getattr(tok, "backend_tokenizer", tok)
     enc = getattr(backend, "encode_batch_fast", backend.encode_batch)(flat, add_special_tokens=False) if flat else []
     ids = [e.ids for e in enc]
@@ -226,6 +230,18 @@ def _pack_batch(batch: dict, idx: list, first: np.ndarray, kept: np.ndarray, eve
                                        np.dtype(np.int32)),
                      "sent_tokens": lst([np.array([len(x) for x in ids_d], np.int32) for ids_d in
                                          _split(ids, [len(d) for d in sampled])], np.dtype(np.int32))})
+
+
+def sampled_sentences(sentences, first: np.ndarray, kept: np.ndarray, every: int) -> tuple[list, np.ndarray]:
+    """The kept sentences of a run of documents (a list<string> Arrow column) as one flat Python list, and
+    how many each document keeps: only those strings leave Arrow."""
+    import pyarrow as pa
+    arr = sentences.combine_chunks() if isinstance(sentences, pa.ChunkedArray) else sentences
+    offs = arr.offsets.to_numpy()[:len(arr) + 1]
+    kept = np.asarray(kept, dtype=np.int64)
+    starts = np.repeat(offs[:-1] + np.asarray(first, dtype=np.int64), kept)
+    within = np.arange(int(kept.sum())) - np.repeat(np.cumsum(kept) - kept, kept)
+    return arr.values.take(pa.array(starts + every * within)).to_pylist(), kept
 
 
 def _split(xs: list, lens: list) -> list:
@@ -312,7 +328,7 @@ def build(dc, out: Path, sources: Sequence[str], num_proc: Optional[int] = None,
     os.environ["TOKENIZERS_PARALLELISM"] = "false"     # one thread per worker: num_proc is the core count
     try:
         raw = [open_corpus(c, s, dc.max_documents, work, streaming) for c, s in zip(dc.corpora, sources)]
-        text = [_map(ds, _text_batch, work, f"text-{k}", nproc, f"text-{k}-{out.name}", {"cid": c.id, "seed": dc.seed},
+        text = [_map(ds, _text_batch, work, f"text-{k}", nproc, _fp(f"text-{k}", out), {"cid": c.id, "seed": dc.seed},
                      f"clean + split {c.id}") for k, (c, ds) in enumerate(zip(dc.corpora, raw))]
         order = interleave_order([len(d) for d in text])
         cors, rows = order
@@ -338,10 +354,12 @@ def build(dc, out: Path, sources: Sequence[str], num_proc: Optional[int] = None,
         packed = []
         for k, (c, ds) in enumerate(zip(dc.corpora, text)):
             sel = cors == k
-            f_k, k_k = np.zeros(len(ds), np.int64), np.zeros(len(ds), np.int64)
-            f_k[rows[sel]], k_k[rows[sel]] = first[sel], kept[sel]
-            packed.append(_map(ds, _pack_batch, work, f"pack-{k}", nproc, f"pack-{k}-{out.name}",
-                               dict(first=f_k, kept=k_k, every=dc.sample_every, tok=tok, L=dc.max_seq_length,
+            plan = np.zeros((2, len(ds)), np.int64)
+            plan[0, rows[sel]], plan[1, rows[sel]] = first[sel], kept[sel]
+            np.save(work / f"plan-{k}.npy", plan)
+            del plan
+            packed.append(_map(ds, _pack_batch, work, f"pack-{k}", nproc, _fp(f"pack-{k}", out),
+                               dict(plan=str(work / f"plan-{k}.npy"), every=dc.sample_every, tok=tok, L=dc.max_seq_length,
                                     dtype=np.dtype(dtype).name, min_tail=MIN_TAIL_TOKENS),
                                f"tokenize + pack {c.id}", batch_size=_batch_size(raw[k])))
         g = gather(packed, order, is_val, out, dc.max_seq_length, dtype)
