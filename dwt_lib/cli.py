@@ -80,8 +80,10 @@ def cmd_runs(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from .plan import format_plan, make_plan
-    print(format_plan(make_plan(_cfg(args))))
+    from .plan import data_prep_estimate, format_data_estimate, format_plan, make_plan
+    cfg = _cfg(args)
+    print(format_plan(make_plan(cfg)))
+    print(format_data_estimate(data_prep_estimate(cfg)))
     return 0
 
 

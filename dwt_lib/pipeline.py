@@ -371,6 +371,7 @@ def build(dc, out: Path, sources: Sequence[str], num_proc: Optional[int] = None,
         else:
             os.environ["TOKENIZERS_PARALLELISM"] = old_par
     del raw, text, packed
+    work_bytes = sum(f.stat().st_size for f in work.rglob("*") if f.is_file())
     shutil.rmtree(work, ignore_errors=True)
 
     sw, st, bl = g["sent_words"], g["sent_tokens"], g["block_len"]
@@ -394,6 +395,6 @@ def build(dc, out: Path, sources: Sequence[str], num_proc: Optional[int] = None,
         "sentence_length_words_hist": _hist(sw), "sentence_length_tokens_hist": _hist(st),
         "block_length_tokens_hist": _hist(bl),
         "seconds": {"text": t_text - t0, "tokenizer": t_tok - t_text, "tokenize_pack": t_pack - t_tok},
-        "num_proc": nproc, "storage_dtype": np.dtype(dtype).name,
+        "num_proc": nproc, "storage_dtype": np.dtype(dtype).name, "intermediate_bytes": work_bytes,
         "config": dataclasses.asdict(dc), "data_code_version": DATA_CODE_VERSION,
     }

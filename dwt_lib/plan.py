@@ -83,3 +83,79 @@ def format_plan(plan: dict) -> str:
                f"(= {plan['total_a100_hours'] / 8:.2f} h on 8 GPUs); plus {plan['finetune_runs_per_snapshot']} "
                f"fine-tuning runs per pre-training snapshot")
     return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- data preparation
+
+# Words in the paper's corpora when their data is not prepared here: BERT's own figures (Devlin et al.:
+# BooksCorpus 800M words, English Wikipedia 2,500M). Keyed by Hub id.
+ASSUMED_CORPUS_WORDS = {"wikimedia/wikipedia": 2.5e9, "bookcorpus/bookcorpus": 0.8e9}
+# bench/bench_data_scale.py on the offline mirror (BERT tokenizer, 2 cores): used until this machine has
+# prepared data of its own to measure from.
+BENCH_WORDS_PER_S_PER_PROC = 130_000
+BENCH_TOKENS_PER_WORD = 1.33
+ASSUMED_PARALLEL_EFFICIENCY = 0.85
+
+
+def _latest_stats(root) -> dict | None:
+    import json
+    best = None
+    for p in root.glob("data-*/stats.json"):
+        try:
+            s = json.loads(p.read_text())
+            if s.get("num_proc") and s.get("words_before_sampling", 0) >= 1e6:     # big enough to time
+                if best is None or p.stat().st_mtime > best[0]:
+                    best = (p.stat().st_mtime, s)
+        except (OSError, ValueError):
+            continue
+    return best[1] if best else None
+
+
+def data_prep_estimate(cfg: Config, cores: int | None = None) -> dict:
+    """Words, tokens, block bytes on disk and wall time on ``cores`` processes for preparing ``cfg.data``.
+
+    Exact when this data is prepared (its stats); otherwise words from :data:`ASSUMED_CORPUS_WORDS` and
+    throughput measured by the most recent preparation in the cache (else the bench's figure).
+    """
+    import os
+
+    from .data import cache_path
+    from .datacache import cache_root
+    dc = cfg.data
+    cores = cores or dc.num_proc or os.cpu_count() or 1
+    p = cache_path(dc)
+    if (p / "stats.json").exists():
+        import json
+        s = json.loads((p / "stats.json").read_text())
+        secs = sum(s["seconds"].values())
+        return {"source": "measured: this data is prepared", "words": s["words_before_sampling"],
+                "tokens": s["tokens_after_sampling"], "blocks_bytes": (s["train_blocks"] + s["validation_blocks"])
+                * dc.max_seq_length * (2 if s["vocab_size"] <= 65536 else 4), "cores": s.get("num_proc") or 1,
+                "hours": secs / 3600, "words_per_s_per_proc": s["words_before_sampling"] / secs / (s.get("num_proc") or 1)}
+    known = [ASSUMED_CORPUS_WORDS.get(c.id) for c in dc.corpora]
+    words = None if None in known else float(sum(known))
+    last = _latest_stats(cache_root())
+    if last:
+        rate = last["words_before_sampling"] / sum(last["seconds"].values()) / last["num_proc"]
+        tpw, how = last["tokens_per_word"], f"throughput of the last preparation here ({last['hash']})"
+    else:
+        rate, tpw, how = BENCH_WORDS_PER_S_PER_PROC, BENCH_TOKENS_PER_WORD, "throughput from bench/RESULTS.md"
+    out = {"source": f"estimated: corpus words assumed (BERT's figures), {how}", "words": words, "cores": cores,
+           "words_per_s_per_proc": rate}
+    if words is not None:
+        tokens = words * tpw / dc.sample_every
+        hours = lambda n: words / (rate * n * (1 if n == 1 else ASSUMED_PARALLEL_EFFICIENCY)) / 3600
+        out.update(tokens=tokens, blocks_bytes=tokens / (dc.max_seq_length - 2) * dc.max_seq_length * 2,
+                   hours=hours(cores), hours_64=hours(64))
+    return out
+
+
+def format_data_estimate(e: dict) -> str:
+    """One line: what preparing the data costs (or cost)."""
+    if e.get("words") is None:
+        return (f"data preparation: corpus size unknown until prepared ({e['words_per_s_per_proc']:,.0f} words/s "
+                f"per process measured); run `dwt plan` after preparing a sample")
+    return (f"data preparation ({e['source']}): {e['words']:.3g} words -> {e['tokens']:.3g} tokens, blocks "
+            f"{e['blocks_bytes'] / 1e9:.2f} GB on disk, {e['hours']:.2f} h on {e['cores']} core(s)"
+            + (f" ({e['hours_64']:.2f} h on 64)" if "hours_64" in e else "") + " "
+            f"({e['words_per_s_per_proc']:,.0f} words/s per process)")

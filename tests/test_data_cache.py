@@ -75,6 +75,8 @@ def test_entry_has_a_manifest_and_blocks_are_memory_mapped_read_only(good):
         assert f'"{f}"' in man
     arr = good.train.array
     assert isinstance(arr, np.memmap) and arr.dtype == np.uint16 and not arr.flags.writeable
+    if Path("/proc/self/maps").exists():               # a file mapping (shared page cache), not a private copy
+        assert str((d / "train.npy").resolve()) in Path("/proc/self/maps").read_text()
     with pytest.raises(ValueError):
         arr[0, 0] = 1
     idx = torch.tensor([3, 0, 2])
