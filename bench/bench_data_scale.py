@@ -113,12 +113,20 @@ def _pss_mb(pid: int) -> float:
 
 
 def _tree(pid: int) -> list[int]:
-    import psutil
-    try:
-        p = psutil.Process(pid)
-        return [pid] + [c.pid for c in p.children(recursive=True)]
-    except psutil.Error:
-        return []
+    """``pid`` and all its descendants (from /proc/<pid>/stat parent ids)."""
+    parent = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                parent[int(d)] = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    out, todo = [], [pid]
+    while todo:
+        q = todo.pop()
+        out.append(q)
+        todo += [c for c, p in parent.items() if p == q]
+    return out
 
 
 def run_child(args: list, env: dict) -> tuple[dict, float, float]:
@@ -155,6 +163,7 @@ def warm_up(env: dict) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--skip-whole", action="store_true")
+    ap.add_argument("--quarter-docs", type=int, default=QUARTER_DOCS, help="documents per corpus of the small build")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -174,7 +183,7 @@ def main() -> int:
     warm_up(base)
     tmp = Path(tempfile.mkdtemp(prefix="dwt-bench-data-"))
     runs = {}
-    plan = [("quarter", QUARTER_DOCS, 1), ("quarter", QUARTER_DOCS, 2)] + ([] if a.skip_whole else [("whole", "all", 2)])
+    plan = [("quarter", a.quarter_docs, 1), ("quarter", a.quarter_docs, 2)] + ([] if a.skip_whole else [("whole", "all", 2)])
     for name, docs, n in plan:
         env = dict(base, DWT_CACHE_DIR=str(tmp / f"{name}-np{n}"))
         r, tree, main_pss = run_child(["build", docs, n, ], env)
