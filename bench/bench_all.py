@@ -7,7 +7,7 @@ bf16 autocast (as the mini profile trains), the stock reference in the same auto
 DistilBERT-style reference with its student in the same autocast and its teacher in float32.
 Every ratio is measured in this run: steps alternate between variants, medians after warm-up.
 
-    python bench/bench_all.py                    # everything, ~5 min on 2 cores
+    python bench/bench_all.py                    # everything, ~15 min on 2 cores (data at scale: ~10)
     python bench/bench_all.py --rounds 3 --words 300000 --ft-examples 320   # quicker, noisier
 """
 from __future__ import annotations
@@ -35,6 +35,8 @@ TARGETS = {   # name -> (comparison, target)
     "data_pipeline_vs_raw_encode_batch": (">=", 0.7),
     "finetune_vs_plain_loop_examples_per_s": (">=", 1.0),
 }
+import bench_data_scale  # noqa: E402
+TARGETS.update(bench_data_scale.TARGETS)     # data preparation at scale: memory, speed-up, identity, mmap
 
 results: dict[str, float] = {}
 
@@ -104,7 +106,7 @@ def main() -> int:
     ap.add_argument("--words", type=int, default=1_000_000, help="words for the data-pipeline ratio")
     ap.add_argument("--ft-examples", type=int, default=640, help="training examples per fine-tuning run")
     ap.add_argument("--ft-reps", type=int, default=3)
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: steps,memory,data,finetune")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: steps,memory,data,finetune,datascale")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -173,6 +175,10 @@ def main() -> int:
         report("finetune_vs_plain_loop_examples_per_s", lib / plain,
                f"{lib:.0f} vs {plain:.0f} examples/s (sst2, {a.ft_examples} examples, batch "
                f"{cfg.finetune.batch_size}, bf16, median of {a.ft_reps} alternating)")
+
+    if "datascale" not in skip:          # fresh processes of its own, ~10 min on 2 quiet cores
+        bench_data_scale.report = report
+        bench_data_scale.main([])
 
     missed = [n for n, v in results.items()
               if not (v <= TARGETS[n][1] if TARGETS[n][0] == "<=" else v >= TARGETS[n][1])]

@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = {"data_prep_peak_memory_whole_gb": ("<=", 2.5), "data_prep_memory_whole_vs_quarter": ("<=", 1.3),
            "data_prep_words_per_s_np2_vs_np1": (">=", 1.6), "data_prep_blocks_identical_np1_np2": (">=", 1.0),
-           "data_open_rss_growth_vs_blocks_file": ("<", 0.10)}
+           "data_open_rss_growth_vs_blocks_file": ("<=", 0.10)}
 QUARTER_DOCS = 206           # first 206 documents of each corpus: 12.2M of the mirror's 49.1M words (~1/4)
 # The paper's corpus (labelled assumptions): BERT's own figures, BooksCorpus 800M + English Wikipedia
 # 2,500M words; rows of the Hub datasets the paper profile names (wikimedia/wikipedia 20231101.en: 6.41M
@@ -36,11 +36,14 @@ PAPER_DOCUMENTS = 6.41e6 + 74.0e6
 results: dict = {}
 
 
-def report(name: str, value: float, detail: str) -> None:
+def _report(name: str, value: float, detail: str) -> None:
     op, t = TARGETS[name]
-    ok = {"<=": value <= t, "<": value < t, ">=": value >= t}[op]
+    ok = value <= t if op == "<=" else value >= t
     results[name] = ok
     print(f"{name}: {value:.3f} ({op} {t}){'' if ok else '  MISSED'}   [{detail}]", flush=True)
+
+
+report = _report       # bench_all.py swaps in its own, to count the targets of every bench together
 
 
 # ----------------------------------------------------------------------------- child: one build
@@ -160,12 +163,12 @@ def warm_up(env: dict) -> None:
     subprocess.run([sys.executable, "-c", code], env=env, check=True)
 
 
-def main() -> int:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--skip-whole", action="store_true")
     ap.add_argument("--quarter-docs", type=int, default=QUARTER_DOCS, help="documents per corpus of the small build")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     if a.child:
         kind, *rest = a.child
         docs = None if rest[0] == "all" else int(rest[0])
