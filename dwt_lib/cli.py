@@ -8,7 +8,9 @@
     dwt reproduce --profile P [--notebooks 01,02]
 
 ``--set`` applies dotted overrides to the profile (``--set pretrain.max_steps=10``), values
-parsed as YAML. Errors in params files print one line naming file and key, exit code 2.
+parsed as YAML. Every expected error (params, data, names, disk, damaged files, Ctrl-C) prints
+one line ``dwt: <what> (<where>); <fix>`` and exits with 2 (:mod:`dwt_lib.errors`); ``--debug``
+or ``DWT_DEBUG=1`` adds the traceback.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import sys
 import yaml
 
 from .config import ConfigError, load_params
+from .errors import debug_enabled, report
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -26,7 +29,12 @@ def _overrides(pairs: list[str]) -> dict:
         if "=" not in p:
             raise ConfigError(f"--set {p}: expected key=value, e.g. pretrain.max_steps=10")
         k, v = p.split("=", 1)
-        out[k] = yaml.safe_load(v)
+        try:
+            out[k] = yaml.safe_load(v)
+        except yaml.YAMLError as e:
+            where = f" at column {e.problem_mark.column + 1}" if getattr(e, "problem_mark", None) else ""
+            raise ConfigError(f"--set {p}: the value is not valid YAML{where} ({getattr(e, 'problem', e)}); "
+                              f"quote it or write a YAML scalar, list or mapping, e.g. {k}=[0.5, 1.0]") from None
     return out
 
 
@@ -35,18 +43,23 @@ def _cfg(args):
 
 
 def cmd_pretrain(args) -> int:
+    from .preflight import check
     from .studies import ensure_pretrained
-    res = ensure_pretrained(_cfg(args), args.run)
+    cfg = _cfg(args)
+    check(cfg, [args.run])
+    res = ensure_pretrained(cfg, args.run)
     print(f"{args.run}: held-out MLM loss {res['final_eval']['mlm_loss']:.4f}, "
           f"accuracy {res['final_eval']['mlm_accuracy']:.4f} ({res['run']['id']})")
     return 0
 
 
 def cmd_finetune(args) -> int:
+    from .preflight import check
     from .studies import ensure_finetuned
     cfg = _cfg(args)
     seeds = [args.seed] if args.seed is not None else list(cfg.finetune.seeds)
     tasks = [args.task] if args.task else list(cfg.finetune.tasks)
+    check(cfg, [args.run], tasks, [args.fraction])       # an unknown or unreadable task fails before pre-training
     for task in tasks:
         for seed in seeds:
             r = ensure_finetuned(cfg, args.run, task, seed, args.fraction)
@@ -114,12 +127,15 @@ def cmd_worker(args) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="dwt", description="Distillation from Weak Teacher: companion CLI")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error (also DWT_DEBUG=1)")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     def add(name, fn, help):
         p = sub.add_parser(name, help=help)
         p.add_argument("--profile", default="smoke", help="profile name (params/<name>.yaml) or a YAML path")
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help="dotted override, repeatable")
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the traceback of an error (also DWT_DEBUG=1)")
         p.set_defaults(fn=fn)
         return p
 
@@ -144,9 +160,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         return args.fn(args)
-    except ConfigError as e:
-        print(f"dwt: error: {e}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as e:     # expected errors: one line, exit 2; bugs: traceback
+        return report(e, debug_enabled(args.debug))
 
 
 if __name__ == "__main__":

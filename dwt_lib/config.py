@@ -197,9 +197,11 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     if path.resolve() in [c.resolve() for c in chain]:
         raise ConfigError(f"{path}: extends: cycle through {' -> '.join(map(str, chain))}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: empty file; write a profile there (e.g. 'extends: mini' and your changes)")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     parent = raw.pop("extends", None)

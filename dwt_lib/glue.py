@@ -53,7 +53,9 @@ def get_task(task: str) -> GlueTask:
     """The :class:`GlueTask` of a name (case-insensitive); unknown names list the known ones."""
     t = TASKS.get(task.lower())
     if t is None:
-        raise KeyError(f"unknown GLUE task {task!r}; known: {', '.join(TASKS)}")
+        from .errors import UnknownTaskError
+        raise UnknownTaskError(f"unknown GLUE task {task!r}", "finetune.tasks or --task",
+                               f"known tasks: {', '.join(TASKS)}")
     return t
 
 
@@ -108,6 +110,19 @@ def read_split(task: str, split: str = "train", source: str = "nyu-mll/glue"):
         raise _unavailable(t.name, split, source, f"datasets.load_dataset({where!r}, {t.name!r}, "
                            f"split={split!r}): {type(e).__name__}: {e}") from e
     return ds.to_pandas()
+
+
+def check_split(task: str, split: str = "train", source: str = "nyu-mll/glue") -> None:
+    """Raise :class:`DataSourceError` now if :func:`read_split` could not read this split (reads no rows).
+
+    A local mirror is checked file by file; a Hub id is checked to exist and be reachable
+    (its splits are only known by downloading them)."""
+    from .data import require_source
+    t = get_task(task)
+    split = split_name(t.name, split)
+    folder = Path(require_source(source, "GLUE source"))
+    if folder.is_dir() and not _local_files(folder, t.name, split):
+        raise _unavailable(t.name, split, source, f"{folder}/{t.name}/{split}-*.parquet")
 
 
 def split_size(task: str, split: str = "train", source: str = "nyu-mll/glue") -> Optional[int]:

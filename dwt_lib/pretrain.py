@@ -28,10 +28,12 @@ from typing import Optional
 import numpy as np
 import torch
 
+from . import checkpoints
 from .config import Config
+from .errors import DiskFullError, disk_full
 from .losses import hard_loss, soft_loss
 from .models import SparseMLM, build_model, count_parameters, use_device_attention
-from .runs import Run, atomic_write_json
+from .runs import Run, atomic_write_json, read_json_or_none
 from .schedules import make_schedule
 
 MASK_SEED = 1_000_003      # step s masks with generator seed (pretrain.seed * MASK_SEED + s)
@@ -117,11 +119,22 @@ def save_model(model, tokenizer, path: Path) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if disk_full(e):
+            raise DiskFullError("disk full while saving a model", path,
+                                "free space (or set DWT_OUTPUTS_DIR to a larger disk) and rerun: it resumes") from e
+        raise
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
+
+
+def _snapshot(out: Path, fraction: float) -> Path:
+    return out / "snapshots" / f"frac-{fraction:.2f}" / "config.json"
 
 
 def _rng_state() -> dict:
@@ -246,9 +259,10 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
     if tb:
         acc.init_trackers("tensorboard")
     main = acc.is_main_process
+    say = (lambda m: print(m, flush=True)) if main else (lambda m: None)
     key, pc, dc = run.key, cfg.pretrain, cfg.distill
     out = run.dir
-    ckpt_path = out / "checkpoints" / "last.pt"
+    ckpt_dir = out / "checkpoints"
     log_path = out / "log.jsonl"
 
     with acc.main_process_first():
@@ -301,8 +315,13 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
     step = 0
     window: list[torch.Tensor] = []            # per-step [total, hard, soft] since the last log line
     tokens_since = 0
-    if ckpt_path.exists():                       # resume: weights, optimizer, schedule, RNG, position
-        st = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    st = checkpoints.load(ckpt_dir, log=say, is_main=main)   # the newest intact one, or None
+    lost = [f for s, f in snaps.items() if st and s <= st["step"] and not _snapshot(out, f).exists()]
+    if lost:         # resuming would skip the step that saves them: only a run from the start brings them back
+        say(f"[dwt] {run.name}: snapshot(s) {', '.join(f'frac-{f:.2f}' for f in lost)} missing and the "
+            f"checkpoint is past them (step {st['step']}); training again from step 0")
+        st = None
+    if st is not None:                           # resume: weights, optimizer, schedule, RNG, position
         acc.unwrap_model(model).load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
@@ -316,12 +335,9 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
 
     def save_checkpoint():
         if main:
-            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt_path.with_suffix(".tmp")
-            torch.save({"model": acc.unwrap_model(model).state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "rng": _rng_state(), "step": step,
-                        "window": window, "tokens_since": tokens_since}, tmp)
-            os.replace(tmp, ckpt_path)
+            checkpoints.save(ckpt_dir, {"model": acc.unwrap_model(model).state_dict(), "optimizer": opt.state_dict(),
+                                        "scheduler": sched.state_dict(), "rng": _rng_state(), "step": step,
+                                        "window": window, "tokens_since": tokens_since})
             atomic_write_json(out / "progress.json", {"step": step, "total_steps": total,
                                                       "elapsed_s": elapsed + time.time() - t_start})
         acc.wait_for_everyone()
@@ -330,8 +346,8 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
     soft_all = dc.soft_loss_positions == "all"
     model.train()
     elapsed = 0.0
-    if (out / "progress.json").exists():
-        elapsed = json.loads((out / "progress.json").read_text()).get("elapsed_s", 0.0)
+    if st is not None:         # a damaged progress.json only loses the wall time of earlier sessions
+        elapsed = (read_json_or_none(out / "progress.json", log=say) or {}).get("elapsed_s", 0.0)
     t_start = t_log = time.time()
     bar = tqdm(total=total, initial=step, disable=not (progress and main), desc=run.name, dynamic_ncols=True)
     while step < total:
@@ -364,8 +380,9 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
         tokens_since += int(pad_all.sum())
         if not torch.isfinite(window[-1]).all():
             raise NonFiniteLossError(f"run {run.name}: non-finite loss at step {step + 1} "
-                                     f"(total/hard/soft = {window[-1].tolist()}); the last good checkpoint "
-                                     f"is {ckpt_path if ckpt_path.exists() else 'none yet'}")
+                                     f"(total/hard/soft = {window[-1].tolist()}); the last good checkpoint is "
+                                     + (f"step {n} ({ckpt_dir / 'last.pt'})" if (n := checkpoints.step_of(ckpt_dir))
+                                        else "none yet"))
         if pc.max_grad_norm:
             acc.clip_grad_norm_(model.parameters(), pc.max_grad_norm)
         opt.step()

@@ -31,7 +31,9 @@ def reproduce(profile: str, only: Optional[list[str]] = None, overrides: Optiona
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
+    from .preflight import check_all
     cfg = load_params(profile, overrides)          # fail on a bad profile before starting a kernel
+    check_all(cfg)                                 # and on unreadable data, names, disk, before any run
     out = outputs_dir(cfg) / "notebooks"
     out.mkdir(parents=True, exist_ok=True)
     nbs = notebooks(only)

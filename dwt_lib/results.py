@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from . import preflight
 from .config import Config
 from .glue import glue_average
 from .runs import outputs_dir, read_json, write_result
@@ -62,6 +63,7 @@ def teacher_quality(cfg: Config, progress: bool = True) -> dict:
     """Teacher-quality study (paper Fig. 2): pre-train teachers, standalone and DWT students,
     fine-tune each on the profile's tasks, and write ``results/teacher_quality.json``."""
     names = study_runs(cfg, "teacher_quality")
+    preflight.check(cfg, names, list(cfg.finetune.tasks), [1.0])       # before any training step
     runs = {n: _pretrain_summary(cfg, n) for n in names}
     tasks = list(cfg.finetune.tasks)
     scores = _task_scores(study_scores(cfg, names, tasks, (1.0,), progress))
@@ -189,9 +191,10 @@ def over_training(cfg: Config, study: str, progress: bool = True) -> dict:
     """Soft-weight (Fig. 3) or parameter-remapping (Fig. 4) study: fine-tune every snapshot of the
     study's runs on the study tasks; keep the pre-training loss curves. Writes ``results/<study>.json``."""
     names = study_runs(cfg, study)
-    runs = {n: _pretrain_summary(cfg, n) for n in names}
     tasks = [t for t in cfg.studies.soft_weight_tasks if t in cfg.finetune.tasks] or list(cfg.finetune.tasks)
     fractions = sorted(cfg.pretrain.snapshot_fractions)
+    preflight.check(cfg, names, tasks, fractions)                         # before any training step
+    runs = {n: _pretrain_summary(cfg, n) for n in names}
     scores = _task_scores(study_scores(cfg, names, tasks, fractions, progress))
     payload = {"study": study, "tasks": tasks, "fractions": fractions, "seeds": list(cfg.finetune.seeds),
                "runs": runs, "scores": scores, "logs": {n: read_log(cfg, n) for n in names}}

@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 from filelock import FileLock
 
 from .config import Config, stable_hash
+from .errors import DamagedFileError, Interrupted
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,14 +34,27 @@ def outputs_dir(cfg: Config) -> Path:
 
 # ----------------------------------------------------------------------------- atomic I/O
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()      # what open() gives a new file (0644 under the usual umask 022)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder, fsync and ``os.replace``.
+
+    A kill or a full disk leaves the old file (or none), never half a new one. The file gets
+    the mode ``open()`` would give it (``mkstemp`` alone would make it 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        os.fchmod(fd, FILE_MODE)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -49,13 +63,43 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Text version of :func:`atomic_write_bytes` (UTF-8)."""
+    atomic_write_bytes(path, text.encode())
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     """JSON version of :func:`atomic_write_text` (indented, sorted keys)."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """The JSON in ``path``; a damaged file raises :class:`DamagedFileError` naming it."""
+    text = Path(path).read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        why = "empty file" if not text.strip() else f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})"
+        raise DamagedFileError(why, path, "delete it (a rerun writes it again)") from None
+
+
+def read_json_or_none(path: Path, log: Callable[[str], None] = print) -> Any:
+    """:func:`read_json`, or None when the file is missing or damaged (said through ``log``)."""
+    try:
+        return read_json(path)
+    except FileNotFoundError:
+        return None
+    except DamagedFileError as e:
+        log(f"[dwt] {path} is damaged ({e.what}); ignoring it")
+        return None
+
+
+def move_aside(path: Path) -> Path:
+    """Rename a damaged file to ``<name>.damaged`` (kept for a look, out of the way of a rerun)."""
+    path = Path(path)
+    aside = path.with_name(path.name + ".damaged")
+    os.replace(path, aside)
+    return aside
 
 
 # ----------------------------------------------------------------------------- provenance
@@ -122,66 +166,150 @@ class Run:
         return self.dir / "result.json"
 
     def finished(self) -> bool:
-        return self.result_path.exists()
+        """A result file that reads back whole (see :func:`check_result`)."""
+        return self.result_path.exists() and check_result(self.result_path)[1] is None
 
     def result(self) -> dict:
-        return read_json(self.result_path)
+        res, why = check_result(self.result_path)
+        if why:
+            raise DamagedFileError(why, self.result_path, "rerun the command: it finishes the run again")
+        return res
 
     def lock(self) -> FileLock:
         self.dir.parent.mkdir(parents=True, exist_ok=True)
         return FileLock(str(self.dir) + ".lock")
 
 
-def ensure(run: Run, cfg: Config, train: Callable[[Run], dict], log: Callable[[str], None] = print) -> dict:
+def check_result(path: Path) -> tuple[Optional[dict], Optional[str]]:
+    """``(result, None)`` for a whole result file, ``(None, why)`` for a damaged or incomplete one."""
+    try:
+        res = read_json(path)
+    except DamagedFileError as e:
+        return None, e.what
+    except FileNotFoundError:
+        return None, "missing"
+    if not isinstance(res, dict):
+        return None, f"not a JSON object ({type(res).__name__})"
+    missing = [k for k in ("run", "provenance") if k not in res]
+    return (None, f"incomplete: no {' or '.join(missing)}") if missing else (res, None)
+
+
+def _interrupted(run: Run) -> Interrupted:
+    """Ctrl-C during a run: one line with the step reached, the checkpoint, and how to resume."""
+    prog = read_json_or_none(run.dir / "progress.json", log=lambda s: None) or {}
+    logged = [ln for ln in (run.dir / "log.jsonl").read_text().splitlines() if ln.endswith("}")] \
+        if (run.dir / "log.jsonl").exists() else []
+    at = f" at step {json.loads(logged[-1])['step']}" if logged else ""
+    total = f" of {prog['total_steps']}" if "total_steps" in prog else ""
+    resume = (f"resume from its checkpoint of step {prog['step']}" if prog.get("step")
+              else "run it again" + (" from step 0" if run.kind != "finetune" else ""))
+    return Interrupted(f"interrupted{at}{total} in run {run.name} ({run.dir}); rerun the same command to {resume} "
+                       f"(finished runs are kept)")
+
+
+def ensure(run: Run, cfg: Config, train: Callable[[Run], dict], log: Callable[[str], None] = print,
+           check: Optional[Callable[[Run, dict], Optional[str]]] = None) -> dict:
     """Return the run's result, training it first when it is not finished.
 
     ``train(run)`` does (or resumes) the work inside ``run.dir`` and returns the result
     payload; it is called under the run's lock, so a second process asking for the same
     run waits and then reads the result instead of training it again.
+
+    Self-healing: a damaged or incomplete ``result.json`` is moved aside as
+    ``result.json.damaged`` and the run is finished again (``train`` resumes from its last
+    intact checkpoint, so this recomputes the result without retraining); ``check(run, result)``
+    may name something else a finished run lacks (e.g. its saved model), which is redone the same way.
     """
-    if run.finished():
-        return run.result()
+    def usable() -> tuple[Optional[dict], Optional[str]]:
+        if not run.result_path.exists():
+            return None, None
+        res, why = check_result(run.result_path)
+        if why is None and check is not None:
+            why = check(run, res)
+            return (None, why) if why else (res, None)
+        return res, why
+
+    res, _ = usable()
+    if res is not None:
+        return res
     with run.lock():
-        if run.finished():          # another process finished it while we waited
-            return run.result()
+        res, why = usable()
+        if res is not None:         # another process finished it while we waited
+            return res
         run.dir.mkdir(parents=True, exist_ok=True)
-        if not (run.dir / "run.json").exists():
+        if why:
+            if check_result(run.result_path)[1] is not None:
+                aside = move_aside(run.result_path)
+                log(f"[dwt] {run.result_path} is damaged ({why}); moved aside as {aside.name}, "
+                    f"finishing {run.name} again from its last checkpoint")
+            else:
+                log(f"[dwt] {run.name} ({run.id}) is finished but {why}; restoring it from its last checkpoint")
+        if not isinstance(read_json_or_none(run.dir / "run.json", log), dict):
             atomic_write_json(run.dir / "run.json", {"kind": run.kind, "name": run.name, "id": run.id,
                                                      "key": run.key, "profile": cfg.profile})
         state = "resuming" if (run.dir / "checkpoints").exists() else "starting"
-        log(f"[dwt] {state} {run.name} ({run.id})")
+        if not why:
+            log(f"[dwt] {state} {run.name} ({run.id})")
         t0 = time.time()
-        payload = train(run)
+        try:
+            payload = train(run)
+        except Interrupted:
+            raise
+        except KeyboardInterrupt:
+            raise _interrupted(run) from None
         payload.setdefault("run", {"kind": run.kind, "name": run.name, "id": run.id, "key": run.key})
         return write_result(run.result_path, cfg, payload, wall_time_s=time.time() - t0)
 
 
+def _status(d: Path, meta: dict) -> dict:
+    if (d / "result.json").exists():
+        res, why = check_result(d / "result.json")
+        if why:
+            return {"status": f"damaged: result.json {why}"}
+        if meta.get("kind") != "finetune" and not (d / "model" / "config.json").exists():
+            return {"status": "damaged: model/ missing", "wall_time_s": res["provenance"].get("wall_time_s")}
+        return {"status": "finished", "progress": 1.0, "wall_time_s": res["provenance"].get("wall_time_s")}
+    if (d / "progress.json").exists():
+        try:
+            p = read_json(d / "progress.json")
+            return {"status": "partial", "progress": p.get("step", 0) / max(p.get("total_steps", 1), 1),
+                    "wall_time_s": p.get("elapsed_s")}
+        except (DamagedFileError, AttributeError, TypeError) as e:
+            return {"status": f"damaged: progress.json {getattr(e, 'what', 'not a JSON object')}"}
+    return {}
+
+
 def list_runs(cfg: Config) -> list[dict]:
-    """Every run folder of the profile with status (finished / partial / new), progress and wall time."""
+    """Every run folder of the profile with status (finished / partial / new / ``damaged: <reason>``),
+    progress and wall time. A damaged run is listed as such; the others are listed as usual."""
     rows = []
     for d in sorted((outputs_dir(cfg) / "runs").glob("*-*")):
         if not d.is_dir() or not (d / "run.json").exists():
             continue
-        meta = read_json(d / "run.json")
-        row = {"id": d.name, "name": meta.get("name"), "kind": meta.get("kind"),
-               "status": "new", "progress": 0.0, "wall_time_s": None}
-        if (d / "result.json").exists():
-            res = read_json(d / "result.json")
-            row.update(status="finished", progress=1.0, wall_time_s=res["provenance"].get("wall_time_s"))
-        elif (d / "progress.json").exists():
-            p = read_json(d / "progress.json")
-            row.update(status="partial", progress=p.get("step", 0) / max(p.get("total_steps", 1), 1),
-                       wall_time_s=p.get("elapsed_s"))
+        row = {"id": d.name, "name": None, "kind": d.name.split("-")[0], "status": "new", "progress": 0.0,
+               "wall_time_s": None}
+        try:
+            meta = read_json(d / "run.json")
+            if not isinstance(meta, dict):
+                raise DamagedFileError(f"not a JSON object ({type(meta).__name__})", d / "run.json")
+        except DamagedFileError as e:
+            row["status"] = f"damaged: run.json {e.what}"
+            rows.append(row)
+            continue
+        row.update(name=meta.get("name"), kind=meta.get("kind", row["kind"]))
+        row.update(_status(d, meta))
         rows.append(row)
     return rows
 
 
 def format_runs(rows: list[dict]) -> str:
-    """A plain-text table of :func:`list_runs` rows."""
+    """A plain-text table of :func:`list_runs` rows (a damaged run's reason last, on its line)."""
     if not rows:
         return "(no runs)"
     lines = [f"{'id':<22} {'name':<28} {'status':<9} {'progress':>8} {'wall':>8}"]
     for r in rows:
         wall = f"{r['wall_time_s']:.0f}s" if r["wall_time_s"] is not None else "-"
-        lines.append(f"{r['id']:<22} {str(r['name']):<28} {r['status']:<9} {r['progress']:>8.0%} {wall:>8}")
+        status, reason = (r["status"], "") if not r["status"].startswith("damaged") else ("damaged", r["status"])
+        lines.append(f"{r['id']:<22} {str(r['name']):<28} {status:<9} {r['progress']:>8.0%} {wall:>8}"
+                     + (f"  {reason}" if reason else ""))
     return "\n".join(lines)

@@ -24,11 +24,19 @@ from .config import Config, jsonable
 from .runs import Run, atomic_write_json, outputs_dir
 
 
+#: Settings that say how often a run logs, evaluates and checkpoints, not what it learns: they are
+#: left out of its identity, so changing them resumes the same run. (Evaluation masks with its own
+#: generator in eval mode and checkpoints only read the RNG state, so neither moves the training
+#: RNG: tests/test_faults.py checks that the weights come out bit-identical.)
+BOOKKEEPING = ("log_every", "eval_every", "eval_batches", "checkpoint_every", "num_workers")
+
+
 def _base_key(cfg: Config, size: str) -> dict:
     # "shape" (the resolved BertConfig keywords) makes a profile's model.sizes part of the identity:
     # redefining a size's width in a profile is a different run, under the same name.
     from .models import resolve_size
-    return {"size": size, "shape": resolve_size(size, cfg.model.sizes), "data": cfg.data, "pretrain": cfg.pretrain,
+    pretrain = {k: v for k, v in jsonable(cfg.pretrain).items() if k not in BOOKKEEPING}
+    return {"size": size, "shape": resolve_size(size, cfg.model.sizes), "data": cfg.data, "pretrain": pretrain,
             "dropout": [cfg.model.hidden_dropout_prob, cfg.model.attention_probs_dropout_prob],
             "world_size": cfg.launch.num_processes}
 
@@ -61,7 +69,9 @@ def named_run(cfg: Config, name: str) -> Run:
     if name.startswith("soft-") and name[5:] in cfg.studies.soft_weight:
         return pretrain_run(cfg, name, cfg.model.student, named_run(cfg, teacher_name(cfg, name)),
                             alpha_soft=cfg.studies.soft_weight[name[5:]])
-    raise ValueError(f"unknown run name {name!r} for profile {cfg.profile}; known: {', '.join(all_run_names(cfg))}")
+    from .errors import UnknownNameError
+    raise UnknownNameError(f"unknown run name {name!r} for profile {cfg.profile}", "--run",
+                           f"known: {', '.join(all_run_names(cfg))}")
 
 
 def teacher_name(cfg: Config, name: str) -> Optional[str]:
@@ -105,8 +115,8 @@ def ensure_pretrained(cfg: Config, name: str, progress: bool = True) -> dict:
     run's lock and writes its result when the workers finish.
     """
     run = named_run(cfg, name)
-    if run.key.get("teacher") and not run.finished():
-        ensure_pretrained(cfg, teacher_name(cfg, name), progress)
+    if run.key.get("teacher") and not (run.finished() and pretrained_problem(run, run.result()) is None):
+        ensure_pretrained(cfg, teacher_name(cfg, name), progress)     # a missing teacher model is restored here
 
     def work(r: Run) -> dict:
         atomic_write_json(r.dir / "config.json", cfg.to_dict())
@@ -115,7 +125,16 @@ def ensure_pretrained(cfg: Config, name: str, progress: bool = True) -> dict:
             return train(cfg, r, progress=progress)
         return _launch_workers(cfg, r)
 
-    return runs.ensure(run, cfg, work)
+    return runs.ensure(run, cfg, work, check=pretrained_problem)
+
+
+def pretrained_problem(run: Run, res: dict) -> Optional[str]:
+    """What a finished pre-training run lacks (its model, a snapshot, its metrics), or None."""
+    if "final_eval" not in res:
+        return "its result has no final_eval"
+    need = ["model"] + sorted(res.get("snapshots", {}).values())
+    missing = [p for p in need if not (run.dir / p / "config.json").exists()]
+    return f"{', '.join(p + '/' for p in missing)} missing" if missing else None
 
 
 def _launch_workers(cfg: Config, run: Run) -> dict:
@@ -159,7 +178,8 @@ def ensure_finetuned(cfg: Config, pretrain_name: str, task: str, seed: int, frac
         res.update(pretrain_run=pretrain_name, fraction=fraction)
         return res
 
-    return runs.ensure(run, cfg, work, log=(print if progress else (lambda s: None)))
+    return runs.ensure(run, cfg, work, log=(print if progress else (lambda s: None)),
+                       check=lambda r, res: None if "score" in res else "its result has no score")
 
 
 def study_scores(cfg: Config, names: list[str], tasks: list[str], fractions=(1.0,), progress: bool = True):

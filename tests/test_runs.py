@@ -116,6 +116,8 @@ def _fake_runs(cfg):
     """A finished, a partial and a new run folder, plus a lock file and a stray folder."""
     fin, part, new = make_run(cfg, "teacher-weak", "teacher"), make_run(cfg, "dwt-weak", "dwt"), make_run(cfg)
     ensure(fin, cfg, lambda r: {"ok": 1}, log=lambda s: None)
+    (fin.dir / "model").mkdir()                         # a finished pre-training run has its model
+    (fin.dir / "model" / "config.json").write_text("{}")
     for r in (part, new):
         r.dir.mkdir(parents=True)
         atomic_write_json(r.dir / "run.json", {"kind": r.kind, "name": r.name, "id": r.id, "key": r.key})

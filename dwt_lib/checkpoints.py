@@ -1,0 +1,155 @@
+"""Training checkpoints that survive kills, full disks and damaged files.
+
+``<run>/checkpoints/`` holds ``last.pt`` (the newest), ``prev.pt`` (the one before it) and
+``manifest.json`` (the sha256, size and step of each). A save serialises the state in memory,
+writes ``last.tmp``, reads it back and compares its sha256, records it in the manifest, and only
+then moves ``last.pt`` to ``prev.pt`` and ``last.tmp`` to ``last.pt``: at every moment at least
+one checkpoint on disk matches a checksum in the manifest. A load takes the newest file whose
+checksum is in the manifest; a damaged one (truncated, empty, changed bytes) is moved aside as
+``<name>.damaged`` and the one before it is used, with a message naming both. A full disk
+leaves no ``last.tmp`` behind and raises :class:`~dwt_lib.errors.DiskFullError`.
+
+fairseq writes to ``.tmp`` then renames, torchtitan commits with a metadata file; neither
+falls back to the previous checkpoint when the newest is damaged.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from .errors import DamagedFileError, DiskFullError, disk_full
+from .runs import atomic_write_json
+
+NAMES = ("last.pt", "prev.pt")       # newest first
+MANIFEST = "manifest.json"
+TMP = "last.tmp"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write and fsync ``data`` (the one place bytes hit the disk: tests patch it to fill the disk)."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_manifest(folder: Path) -> Optional[dict]:
+    """``{name: {sha256, bytes, step}}`` from the manifest; None when it is missing or unreadable."""
+    try:
+        files = json.loads((Path(folder) / MANIFEST).read_text())["files"]
+        return files if isinstance(files, dict) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def save(folder: Path, state: dict) -> Path:
+    """Write ``state`` (with a ``step``) as ``folder/last.pt``, keeping the previous one as ``prev.pt``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    tmp, last, prev = folder / TMP, folder / "last.pt", folder / "prev.pt"
+    try:
+        write_file(tmp, data)
+        if sha256_file(tmp) != digest:
+            raise DamagedFileError("a checkpoint read back differs from what was written", tmp,
+                                   "check the disk; a rerun resumes from the previous checkpoint")
+        old = read_manifest(folder) or {}
+        files = {"last.pt": {"sha256": digest, "bytes": len(data), "step": state["step"]}}
+        if last.exists():           # becomes prev.pt: keep the entry its bytes match
+            h = sha256_file(last)
+            match = [e for e in old.values() if isinstance(e, dict) and e.get("sha256") == h]
+            if match or not old:    # no manifest: a checkpoint from before checksums, loaded fine
+                files["prev.pt"] = match[0] if match else {"sha256": h, "bytes": last.stat().st_size}
+        elif prev.exists() and "prev.pt" in old:
+            files["prev.pt"] = old["prev.pt"]
+        atomic_write_json(folder / MANIFEST, {"version": 1, "files": files})
+        if last.exists():
+            os.replace(last, prev)
+        os.replace(tmp, last)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if disk_full(e):
+            raise DiskFullError(f"disk full while writing the checkpoint of step {state['step']}", tmp,
+                                f"free {len(data) / 1e6:.0f} MB or more (or set DWT_OUTPUTS_DIR to a larger "
+                                f"disk) and rerun: it resumes from the previous checkpoint") from e
+        raise
+    return last
+
+
+def _why_damaged(path: Path, entry: Optional[dict], known: Optional[set]) -> Optional[str]:
+    size = path.stat().st_size
+    if size == 0:
+        return "empty file"
+    if known is None:               # no manifest (a run from before checksums): loading decides
+        return None
+    if sha256_file(path) in known:
+        return None
+    if entry and entry.get("bytes") and size != entry["bytes"]:
+        return f"{'truncated' if size < entry['bytes'] else 'wrong size'}: {size} of {entry['bytes']} bytes"
+    return "sha256 differs from the manifest"
+
+
+def load(folder: Path, log: Callable[[str], None] = print, is_main: bool = True) -> Optional[dict]:
+    """The newest intact checkpoint's state, or None when there is none (start from step 0).
+
+    Damaged files are moved aside as ``<name>.damaged`` (by the main process) so that the next
+    save cannot rotate them into ``prev.pt``; the message names the damaged file and the one used.
+    """
+    folder = Path(folder)
+    if is_main:
+        (folder / TMP).unlink(missing_ok=True)      # half a save, or one not yet moved into place
+    manifest = read_manifest(folder)
+    if manifest is None and (folder / MANIFEST).exists():
+        log(f"[dwt] {folder / MANIFEST} is damaged; checking each checkpoint by loading it")
+    known = {e.get("sha256") for e in manifest.values() if isinstance(e, dict)} if manifest else None
+    damaged: list[tuple[Path, str]] = []
+    for name in NAMES:
+        path = folder / name
+        if not path.exists():
+            continue
+        why = _why_damaged(path, (manifest or {}).get(name), known)
+        if why is None:
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=False)
+                if not isinstance(state, dict) or "step" not in state:
+                    why = "not a training checkpoint"
+            except Exception as e:          # unpickling errors have many types; the file is unusable
+                why = f"unreadable: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if why is None:
+            if damaged:
+                log(f"[dwt] {_list(damaged)}; resuming from {path} (step {state['step']})")
+            return state
+        damaged.append((path, why))
+        if is_main:
+            os.replace(path, path.with_name(name + ".damaged"))
+    if damaged:
+        log(f"[dwt] {_list(damaged)}; no intact checkpoint left, so the run starts again from step 0 "
+            f"(the damaged files are kept as *.damaged)")
+    return None
+
+
+def _list(damaged: list[tuple[Path, str]]) -> str:
+    return "; ".join(f"checkpoint {p} is damaged ({why}), moved aside as {p.name}.damaged" for p, why in damaged)
+
+
+def step_of(folder: Path) -> Optional[int]:
+    """Step of the newest checkpoint named in the manifest (for messages; nothing is verified)."""
+    m = read_manifest(folder) or {}
+    return (m.get("last.pt") or {}).get("step")
