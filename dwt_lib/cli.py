@@ -161,7 +161,15 @@ def main(argv=None) -> int:
     try:
         return args.fn(args)
     except (Exception, KeyboardInterrupt) as e:     # expected errors: one line, exit 2; bugs: traceback
+        _close_progress_bars()
         return report(e, debug_enabled(args.debug))
+
+
+def _close_progress_bars() -> None:
+    """End any open tqdm bar first, so the error line starts on its own line."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", []) or []):
+        bar.close()
 
 
 if __name__ == "__main__":

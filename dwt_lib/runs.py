@@ -196,7 +196,9 @@ def check_result(path: Path) -> tuple[Optional[dict], Optional[str]]:
 
 def _interrupted(run: Run) -> Interrupted:
     """Ctrl-C during a run: one line with the step reached, the checkpoint, and how to resume."""
+    from .checkpoints import step_of
     prog = read_json_or_none(run.dir / "progress.json", log=lambda s: None) or {}
+    prog["step"] = step_of(run.dir / "checkpoints")
     logged = [ln for ln in (run.dir / "log.jsonl").read_text().splitlines() if ln.endswith("}")] \
         if (run.dir / "log.jsonl").exists() else []
     at = f" at step {json.loads(logged[-1])['step']}" if logged else ""

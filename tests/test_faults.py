@@ -29,15 +29,16 @@ from dwt_lib.studies import ensure_pretrained, named_run
 
 REPO = Path(__file__).resolve().parent.parent
 
-# 6 steps of 4 sequences, checkpoints at steps 2, 4 and 6, snapshots at steps 3 and 6.
+# 4 steps of 4 sequences, a checkpoint every step, snapshots at steps 2 and 4; one thread (the
+# tiny models gain nothing from more, and CI machines are shared).
 FAULT = {
-    "pretrain.max_steps": 6, "pretrain.batch_size_per_device": 4, "pretrain.eval_batches": 1,
-    "pretrain.log_every": 1, "pretrain.eval_every": 3, "pretrain.checkpoint_every": 2,
+    "pretrain.max_steps": 4, "pretrain.batch_size_per_device": 4, "pretrain.eval_batches": 1,
+    "pretrain.log_every": 1, "pretrain.eval_every": 2, "pretrain.checkpoint_every": 1,
     "pretrain.snapshot_fractions": [0.5, 1.0], "pretrain.precision": "fp32",
-    "model.teachers.weak": "tiny-teacher-1l",
+    "model.teachers.weak": "tiny-teacher-1l", "launch.num_threads": 1,
 }
 # Other bookkeeping frequencies: not part of the run's identity, and they do not change the weights.
-OTHER_FREQ = {"pretrain.log_every": 4, "pretrain.eval_every": 5, "pretrain.eval_batches": 2,
+OTHER_FREQ = {"pretrain.log_every": 2, "pretrain.eval_every": 3, "pretrain.eval_batches": 2,
               "pretrain.checkpoint_every": 3, "pretrain.num_workers": 1}
 
 
@@ -58,9 +59,14 @@ def quiet(s: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("reference")
+
+
+@pytest.fixture(scope="module")
+def reference(reference_dir):
     """The undamaged, uninterrupted runs every healed run is compared with."""
-    out = tmp_path_factory.mktemp("reference")
+    out = reference_dir
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DWT_OUTPUTS_DIR", str(out))
         cfg = cfg_of()
@@ -68,6 +74,14 @@ def reference(tmp_path_factory):
         return {n: {"final_eval": res[n]["final_eval"], "id": res[n]["run"]["id"],
                     "model": weights(named_run(cfg, n).dir / "model"),
                     "half": weights(named_run(cfg, n).dir / "snapshots" / "frac-0.50")} for n in res}
+
+
+@pytest.fixture
+def finished(outputs, reference, reference_dir):
+    """A copy of the reference runs (finished student and weak teacher) to damage."""
+    import shutil
+    shutil.copytree(reference_dir / "smoke", outputs / "smoke")
+    return outputs
 
 
 @pytest.fixture
@@ -108,16 +122,16 @@ def one_line(capsys) -> str:
 # ----------------------------------------------------------------------------- identity
 
 def test_bookkeeping_frequencies_are_not_identity_and_do_not_change_weights(outputs, reference, monkeypatch):
-    """Killed (Ctrl-C) at step 5 with one set of log/eval/checkpoint frequencies, resumed with
+    """Killed (Ctrl-C) at step 4 with one set of log/eval/checkpoint frequencies, resumed with
     another: the same run, and bit-identical weights to the reference run that used a third set
     and was never interrupted (eval and checkpoints do not consume the training RNG; dropout is on)."""
     cfg = cfg_of(**OTHER_FREQ)
     assert cfg.model.hidden_dropout_prob > 0
     assert named_run(cfg, "student").id == reference["student"]["id"]
-    interrupt_at(monkeypatch, 5)
+    interrupt_at(monkeypatch, 4)
     with pytest.raises(errors.Interrupted) as e:
         ensure_pretrained(cfg, "student", progress=False)
-    assert "resume from its checkpoint of step 3" in e.value.message and "at step 4 of 6" in e.value.message
+    assert "resume from its checkpoint of step 3" in e.value.message and "at step 2 of 4" in e.value.message
     monkeypatch.undo()
     monkeypatch.setenv("DWT_OUTPUTS_DIR", str(outputs))
     res = assert_heals_to(cfg_of(**{"pretrain.log_every": 2}), "student", reference)
@@ -180,19 +194,25 @@ def test_damaged_last_checkpoint_falls_back_to_previous(tmp_path, how):
     assert checkpoints.read_manifest(folder)["prev.pt"]["step"] == 1
 
 
-def test_damaged_checkpoint_in_a_run_heals_to_the_same_result(outputs, reference, monkeypatch, capsys):
+def test_damaged_checkpoint_and_progress_in_a_run_heal_to_the_same_result(outputs, reference, monkeypatch,
+                                                                          capsys):
     cfg = cfg_of()
-    interrupt_at(monkeypatch, 5)                        # checkpoints at steps 2 and 4
+    interrupt_at(monkeypatch, 4)                        # checkpoints at steps 2 (prev.pt) and 3 (last.pt)
     with pytest.raises(errors.Interrupted):
         ensure_pretrained(cfg, "student", progress=False)
     monkeypatch.undo()
     monkeypatch.setenv("DWT_OUTPUTS_DIR", str(outputs))
-    ck = named_run(cfg, "student").dir / "checkpoints"
+    run = named_run(cfg, "student")
+    ck = run.dir / "checkpoints"
     _damage(ck / "last.pt", "random bytes inside")
+    (run.dir / "progress.json").write_text('{"step": 3, "tot')
+    (row,) = runs.list_runs(cfg)
+    assert row["status"].startswith("damaged: progress.json not valid JSON")
     capsys.readouterr()
     assert_heals_to(cfg, "student", reference)
     out = capsys.readouterr().out
     assert f"{ck / 'last.pt'} is damaged" in out and f"resuming from {ck / 'prev.pt'} (step 2)" in out
+    assert f"{run.dir / 'progress.json'} is damaged" in out
 
 
 def test_disk_full_while_checkpointing_leaves_nothing_partial(outputs, reference, monkeypatch, capsys):
@@ -201,7 +221,7 @@ def test_disk_full_while_checkpointing_leaves_nothing_partial(outputs, reference
 
     def full(path, data):
         calls["n"] += 1
-        if calls["n"] == 2:                 # the second checkpoint (step 4): half written, then ENOSPC
+        if calls["n"] == 3:                 # the third checkpoint (step 3): half written, then ENOSPC
             Path(path).write_bytes(data[: len(data) // 2])
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(path, data)
@@ -212,6 +232,7 @@ def test_disk_full_while_checkpointing_leaves_nothing_partial(outputs, reference
     ck = named_run(cfg, "student").dir / "checkpoints"
     assert not (ck / "last.tmp").exists()
     assert checkpoints.load(ck, log=quiet)["step"] == 2
+    assert checkpoints.read_manifest(ck)["last.pt"]["step"] == 2
     assert errors.report(e.value) == 2
     line = one_line(capsys)
     assert "disk full" in line and str(ck / "last.tmp") in line and "resumes" in line
@@ -222,13 +243,12 @@ def test_disk_full_while_checkpointing_leaves_nothing_partial(outputs, reference
 # ----------------------------------------------------------------------------- registry
 
 @pytest.mark.parametrize("damage", ["truncated", "{}"])
-def test_damaged_result_is_recomputed_from_the_checkpoint(outputs, reference, monkeypatch, damage, capsys):
+def test_damaged_result_is_recomputed_from_the_checkpoint(finished, reference, monkeypatch, damage, capsys):
     cfg = cfg_of()
-    ensure_pretrained(cfg, "student", progress=False)
     run = named_run(cfg, "student")
     text = run.result_path.read_text()
     run.result_path.write_text(text[: len(text) // 3] if damage == "truncated" else "{}")
-    (row,) = runs.list_runs(cfg)
+    row = {r["name"]: r for r in runs.list_runs(cfg)}["student"]
     assert row["status"].startswith("damaged: result.json ")
     assert "damaged: result.json" in runs.format_runs([row])
     steps = {"n": 0}
@@ -243,7 +263,8 @@ def test_damaged_result_is_recomputed_from_the_checkpoint(outputs, reference, mo
     assert_heals_to(cfg, "student", reference)
     assert steps["n"] == 0                              # nothing retrained: finished from the final checkpoint
     assert f"{run.result_path} is damaged" in capsys.readouterr().out
-    assert (run.dir / "result.json.damaged").exists() and runs.list_runs(cfg)[0]["status"] == "finished"
+    assert (run.dir / "result.json.damaged").exists()
+    assert {r["name"]: r for r in runs.list_runs(cfg)}["student"]["status"] == "finished"
 
 
 def test_dwt_runs_lists_a_damaged_run_and_the_rest(outputs, capsys):
@@ -264,43 +285,26 @@ def test_dwt_runs_lists_a_damaged_run_and_the_rest(outputs, capsys):
     assert "damaged: progress.json empty file" in rows[part.id]
 
 
-def test_damaged_progress_json_resumes(outputs, reference, monkeypatch, capsys):
-    cfg = cfg_of()
-    interrupt_at(monkeypatch, 4)
-    with pytest.raises(errors.Interrupted):
-        ensure_pretrained(cfg, "student", progress=False)
-    monkeypatch.undo()
-    monkeypatch.setenv("DWT_OUTPUTS_DIR", str(outputs))
-    run = named_run(cfg, "student")
-    (run.dir / "progress.json").write_text('{"step": 2, "tot')
-    capsys.readouterr()
-    assert_heals_to(cfg, "student", reference)
-    assert f"{run.dir / 'progress.json'} is damaged" in capsys.readouterr().out
-
-
-def test_deleted_teacher_model_is_restored_or_retrained(outputs, reference):
+def test_deleted_teacher_model_is_restored_or_retrained(finished, reference):
     """A finished teacher whose model/ is gone: the DWT run restores it from the teacher's final
     checkpoint; with the checkpoints gone too, the teacher is trained again (the same weights)."""
     import shutil
-    cfg = cfg_of(**{"pretrain.max_steps": 2, "pretrain.snapshot_fractions": [1.0]})
+    cfg = cfg_of()
     teacher = named_run(cfg, "teacher-weak")
-    ensure_pretrained(cfg, "teacher-weak", progress=False)
-    before = weights(teacher.dir / "model")
+    log = (teacher.dir / "log.jsonl").read_text()
     shutil.rmtree(teacher.dir / "model")
-    assert runs.list_runs(cfg)[0]["status"] == "damaged: model/ missing"
+    assert {r["name"]: r for r in runs.list_runs(cfg)}["teacher-weak"]["status"] == "damaged: model/ missing"
     ensure_pretrained(cfg, "dwt-weak", progress=False)
-    assert same_weights(weights(teacher.dir / "model"), before)
-    assert [json.loads(ln)["step"] for ln in (teacher.dir / "log.jsonl").read_text().splitlines()] == [1, 2]
+    assert same_weights(weights(teacher.dir / "model"), reference["teacher-weak"]["model"])
+    assert (teacher.dir / "log.jsonl").read_text() == log             # restored, not retrained
     for p in ("model", "checkpoints", "snapshots"):
         shutil.rmtree(teacher.dir / p)
-    ensure_pretrained(cfg, "teacher-weak", progress=False)
-    assert same_weights(weights(teacher.dir / "model"), before)
+    assert_heals_to(cfg, "teacher-weak", reference)
 
 
-def test_missing_snapshot_retrains_from_the_start(outputs, reference):
+def test_missing_snapshot_retrains_from_the_start(finished, reference):
     import shutil
     cfg = cfg_of()
-    ensure_pretrained(cfg, "student", progress=False)
     run = named_run(cfg, "student")
     shutil.rmtree(run.dir / "snapshots" / "frac-0.50")
     assert_heals_to(cfg, "student", reference)
@@ -386,12 +390,12 @@ def test_ctrl_c_prints_one_line_with_the_step(tmp_path):
     saying the step and how to resume, no traceback (it was ~110 lines)."""
     env = dict(os.environ, DWT_OUTPUTS_DIR=str(tmp_path), PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    over = {**FAULT, "pretrain.max_steps": 400}
+    over = {**FAULT, "pretrain.max_steps": 400, "pretrain.checkpoint_every": 2}
     proc = subprocess.Popen([sys.executable, "-m", "dwt_lib.cli", "pretrain", "--profile", "smoke", "--run",
                              "student", *sets(over)], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     t0 = time.time()
-    while not list(tmp_path.glob("smoke/runs/student-*/checkpoints/last.pt")):
+    while not list(tmp_path.glob("smoke/runs/student-*/progress.json")):      # written after a checkpoint
         assert proc.poll() is None and time.time() - t0 < 240, proc.communicate()
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
