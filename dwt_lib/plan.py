@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .config import Config
 from .models import bert_config, train_flops_per_sequence
+from .preflight import run_disk_bytes
 from .studies import all_run_names, named_run
 
 A100_BF16_PEAK = 312e12
@@ -58,12 +59,14 @@ def make_plan(cfg: Config) -> dict:
         flops = f * seqs
         rows.append({"run": name, "id": run.id, "size": run.key["size"], "teacher": teacher.name if teacher else "",
                      "steps": steps, "tokens": seqs * L, "pflop": flops / 1e15,
-                     "a100_hours": flops / (A100_BF16_PEAK * ASSUMED_MFU) / 3600})
+                     "a100_hours": flops / (A100_BF16_PEAK * ASSUMED_MFU) / 3600,
+                     "disk_bytes": run_disk_bytes(cfg, run.key["size"])})
     ft_runs = len(cfg.finetune.tasks) * len(cfg.finetune.seeds)
     return {"profile": cfg.profile, "blocks": n_blocks, "blocks_source": source, "world_size": world,
             "global_batch": global_batch(cfg, world), "rows": rows,
             "total_pflop": sum(r.get("pflop", 0) for r in rows),
             "total_a100_hours": sum(r.get("a100_hours", 0) for r in rows),
+            "total_disk_bytes": sum(r.get("disk_bytes", 0) for r in rows),
             "finetune_runs_per_snapshot": ft_runs, "assumed_mfu": ASSUMED_MFU}
 
 
@@ -82,6 +85,8 @@ def format_plan(plan: dict) -> str:
                f"{plan['assumed_mfu']:.0%} of the 312 TFLOP/s bf16 peak "
                f"(= {plan['total_a100_hours'] / 8:.2f} h on 8 GPUs); plus {plan['finetune_runs_per_snapshot']} "
                f"fine-tuning runs per pre-training snapshot")
+    out.append(f"disk: {plan['total_disk_bytes'] / 1e9:.2f} GB for the checkpoints (last, previous, one being "
+               f"written) and models of every run; runs check for room before they start")
     return "\n".join(out)
 
 

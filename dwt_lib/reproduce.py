@@ -38,8 +38,9 @@ def reproduce(profile: str, only: Optional[list[str]] = None, overrides: Optiona
     out.mkdir(parents=True, exist_ok=True)
     nbs = notebooks(only)
     if not nbs:
-        print(f"dwt reproduce: no notebooks match {only} in {NOTEBOOKS}", file=sys.stderr)
-        return 2
+        from .errors import UnknownNameError
+        raise UnknownNameError(f"no notebook matches {','.join(only or [])}", "--notebooks",
+                               f"use prefixes of {', '.join(p.name for p in notebooks())}, e.g. 01,03")
     t_all = time.time()
     for i, nb in enumerate(nbs, 1):
         print(f"[{i}/{len(nbs)}] {nb.name} (profile {cfg.profile})", flush=True)
