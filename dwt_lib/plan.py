@@ -60,7 +60,7 @@ def make_plan(cfg: Config) -> dict:
         rows.append({"run": name, "id": run.id, "size": run.key["size"], "teacher": teacher.name if teacher else "",
                      "steps": steps, "tokens": seqs * L, "pflop": flops / 1e15,
                      "a100_hours": flops / (A100_BF16_PEAK * ASSUMED_MFU) / 3600,
-                     "disk_bytes": run_disk_bytes(cfg, run.key["size"])})
+                     "disk_bytes": run_disk_bytes(cfg, run.key["shape"])})
     ft_runs = len(cfg.finetune.tasks) * len(cfg.finetune.seeds)
     return {"profile": cfg.profile, "blocks": n_blocks, "blocks_source": source, "world_size": world,
             "global_batch": global_batch(cfg, world), "rows": rows,

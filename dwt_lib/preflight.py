@@ -24,21 +24,21 @@ FP32 = 4
 SAVE_COPIES = 3          # last.pt, prev.pt and last.tmp while a save is being verified
 
 
-def parameters(size: str, vocab_size: int, max_position_embeddings: int = 512) -> int:
-    """Exact parameter count of a named size (built on the meta device: no memory, no init)."""
+def parameters(shape: dict, vocab_size: int, max_position_embeddings: int = 512) -> int:
+    """Exact parameter count of a model shape (a run key's ``shape``), built on the meta device."""
     import torch
     from transformers import BertForMaskedLM
 
     from .models import bert_config, count_parameters
     with torch.device("meta"):
-        model = BertForMaskedLM(bert_config(size, vocab_size, max_position_embeddings=max_position_embeddings))
+        model = BertForMaskedLM(bert_config(dict(shape), vocab_size, max_position_embeddings=max_position_embeddings))
     return count_parameters(model)
 
 
-def run_disk_bytes(cfg: Config, size: str) -> int:
-    """Disk a pre-training run of ``size`` needs at its peak: weights plus AdamW's two moments in
+def run_disk_bytes(cfg: Config, shape: dict) -> int:
+    """Disk a pre-training run of model ``shape`` (its key's ``shape``) needs at its peak: weights plus AdamW's two moments in
     each of last/prev/tmp checkpoint, and the fp32 model and snapshots (one extra while saving)."""
-    p = parameters(size, cfg.data.vocab_size, max(512, cfg.data.max_seq_length))
+    p = parameters(shape, cfg.data.vocab_size, max(512, cfg.data.max_seq_length))
     models = 1 + len(cfg.pretrain.snapshot_fractions) + 1
     return p * FP32 * (3 * SAVE_COPIES + models)
 
@@ -73,19 +73,19 @@ def _writable(folder: Path) -> None:
 
 def _disk_room(cfg: Config, names: Sequence[str], folder: Path) -> None:
     from .studies import named_run, pretrained_problem, teacher_name
-    todo: dict[str, str] = {}
+    todo: dict[str, dict] = {}
     stack = list(names)
     while stack:                                # the runs and the teachers they need, unfinished ones
         name = stack.pop()
         run = named_run(cfg, name)
         if run.id in todo or (run.finished() and pretrained_problem(run, run.result()) is None):
             continue
-        todo[run.id] = run.key["size"]
+        todo[run.id] = run.key["shape"]
         if teacher_name(cfg, name):
             stack.append(teacher_name(cfg, name))
     if not todo:
         return
-    need = sum(run_disk_bytes(cfg, size) for size in todo.values())
+    need = sum(run_disk_bytes(cfg, shape) for shape in todo.values())
     free = shutil.disk_usage(folder).free
     if need > free:
         raise PreflightError(f"not enough disk for the checkpoints of {len(todo)} run(s) to train: about "
