@@ -58,6 +58,14 @@ def quiet(s: str) -> None:
     pass
 
 
+@pytest.fixture(scope="module", autouse=True)
+def shared_data_cache(tmp_path_factory):
+    """One processed-data cache for the module (it would otherwise follow each test's outputs folder)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DWT_CACHE_DIR", str(tmp_path_factory.mktemp("data-cache")))
+        yield
+
+
 @pytest.fixture(scope="module")
 def reference_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("reference")
