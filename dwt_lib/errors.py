@@ -73,11 +73,13 @@ def disk_full(exc: BaseException) -> bool:
 
 
 def _config(e) -> str:
-    return f"{e}; fix the params file or the --set value"
+    msg = str(e)
+    return msg if ";" in msg else f"{msg}; fix the params file or the --set value"
 
 
 def _data(e) -> str:
-    return str(e)
+    msg = str(e)
+    return msg if ";" in msg else f"{msg}; check DWT_DATA_DIR and the profile's data sources"
 
 
 def _perm(e) -> str:
@@ -108,13 +110,14 @@ def message(exc: BaseException) -> Optional[str]:
 
     from .config import ConfigError
     from .data import DataSourceError
+    from .pipeline import CorpusError
     if isinstance(exc, Interrupted):
         return exc.message
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted; rerun the same command to continue (finished runs are kept, unfinished ones resume)"
     if isinstance(exc, DwtError):
         return exc.line()
-    table = [(ConfigError, _config), (DataSourceError, _data), (PermissionError, _perm),
+    table = [(ConfigError, _config), (DataSourceError, _data), (CorpusError, _data), (PermissionError, _perm),
              (OSError, _oserror), (subprocess.CalledProcessError, _worker)]
     try:
         from .pretrain import NonFiniteLossError
