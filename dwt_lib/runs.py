@@ -240,12 +240,12 @@ def ensure(run: Run, cfg: Config, train: Callable[[Run], dict], log: Callable[[s
             return res
         run.dir.mkdir(parents=True, exist_ok=True)
         if why:
+            redo = "running it again" if run.kind == "finetune" else "finishing it again from its last checkpoint"
             if check_result(run.result_path)[1] is not None:
                 aside = move_aside(run.result_path)
-                log(f"[dwt] {run.result_path} is damaged ({why}); moved aside as {aside.name}, "
-                    f"finishing {run.name} again from its last checkpoint")
+                log(f"[dwt] {run.result_path} is damaged ({why}); moved aside as {aside.name}, {redo}")
             else:
-                log(f"[dwt] {run.name} ({run.id}) is finished but {why}; restoring it from its last checkpoint")
+                log(f"[dwt] {run.name} ({run.id}) is finished but {why}; {redo}")
         if not isinstance(read_json_or_none(run.dir / "run.json", log), dict):
             atomic_write_json(run.dir / "run.json", {"kind": run.kind, "name": run.name, "id": run.id,
                                                      "key": run.key, "profile": cfg.profile})
