@@ -330,7 +330,7 @@ def test_unavailable_glue_task_stops_study_before_pretraining(outputs, capsys):
                      "teacher_quality"])
     assert code == 2
     line = one_line(capsys)
-    assert "GLUE mnli split 'train' is not available" in line and "finetune.tasks" in line
+    assert "GLUE mnli split 'train' is not" in line and "finetune.tasks" in line
     _no_checkpoints(outputs)
 
 
