@@ -62,11 +62,14 @@ def child_build(docs, num_proc: int, out: str) -> None:
     from dwt_lib.config import load_params
     cfg = load_params("smoke", overrides(docs))
     t = time.time()
+    c0 = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     d = data.prepare_pretraining_data(cfg, num_proc=num_proc)
     wall = time.time() - t
+    c1 = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    cpu = [(b.ru_utime + b.ru_stime) - (a.ru_utime + a.ru_stime) for a, b in zip(c0, c1)]
     s = d.stats
     Path(out).write_text(json.dumps({
-        "wall_s": wall, "words": s["words_before_sampling"], "tokens": s["tokens_after_sampling"],
+        "wall_s": wall, "cpu_main_s": cpu[0], "cpu_workers_s": cpu[1], "words": s["words_before_sampling"], "tokens": s["tokens_after_sampling"],
         "documents": s["documents"], "blocks": s["train_blocks"] + s["validation_blocks"],
         "tokens_per_word": s["tokens_per_word"], "padding_fraction": s["padding_fraction"],
         "intermediate_bytes": s["intermediate_bytes"], "seconds": s["seconds"],
@@ -206,6 +209,11 @@ def main(argv=None) -> int:
     sp = (q2["words"] / q2["wall_s"]) / (q1["words"] / q1["wall_s"])
     report("data_prep_words_per_s_np2_vs_np1", sp, f"quarter mirror: {q2['words'] / q2['wall_s']:,.0f} vs "
            f"{q1['words'] / q1['wall_s']:,.0f} words/s; load average {os.getloadavg()[0]:.1f} now")
+    serial, par = q2["cpu_main_s"], q2["cpu_workers_s"]
+    print(f"# load-independent view (CPU seconds, not wall): num_proc 1 used {q1['cpu_main_s']:.0f} s; num_proc 2 used "
+          f"{serial:.0f} s in the main process (serial: reading, planning, gather) + {par:.0f} s in 2 workers -> on 2 "
+          f"idle cores {(q1['cpu_main_s'] + q1['cpu_workers_s']) / (serial + par / 2):.2f}x the words/s of num_proc 1 "
+          f"(Amdahl, even split)", flush=True)
     if a.skip_whole:
         return 0 if all(results.values()) else 1
     w = runs[("whole", 2)]

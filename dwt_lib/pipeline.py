@@ -212,6 +212,7 @@ def _pack_batch(batch: dict, idx: list, plan: str, every: int, tok, L: int, dtyp
     backend = getattr(tok, "backend_tokenizer", tok)
     enc = getattr(backend, "encode_batch_fast", backend.encode_batch)(flat, add_special_tokens=False) if flat else []
     ids = [e.ids for e in enc]
+    del enc                                           # Encoding objects hold much more than the ids
     blocks, n_blocks, block_len = [], [], []
     i = 0
     for d in sampled:
@@ -361,7 +362,7 @@ def build(dc, out: Path, sources: Sequence[str], num_proc: Optional[int] = None,
             packed.append(_map(ds, _pack_batch, work, f"pack-{k}", nproc, _fp(f"pack-{k}", out),
                                dict(plan=str(work / f"plan-{k}.npy"), every=dc.sample_every, tok=tok, L=dc.max_seq_length,
                                     dtype=np.dtype(dtype).name, min_tail=MIN_TAIL_TOKENS),
-                               f"tokenize + pack {c.id}", batch_size=_batch_size(raw[k])))
+                               f"tokenize + pack {c.id}", batch_size=max(1, _batch_size(raw[k]) // 4)))
         g = gather(packed, order, is_val, out, dc.max_seq_length, dtype)
         t_pack = time.time()
         tok.save_pretrained(str(out / "tokenizer"))
