@@ -3,7 +3,7 @@ shared memory-mapped; then an extrapolation to the paper's corpus.
 
 Every build runs in a fresh process with its own empty cache, on the offline mirror's corpora (Wikipedia +
 Gutenberg), the BERT uncased tokenizer, ``sample_every: 1``: the quarter mirror with ``num_proc`` 1 and 2,
-the whole mirror with ``num_proc`` 2. Memory is sampled every 0.2 s over the build's whole process tree
+the whole mirror with ``num_proc`` 2. Memory is sampled every 0.3 s over the build's whole process tree
 (main process + datasets' workers) as the sum of PSS (resident pages, shared ones divided among the
 processes sharing them: forked workers share the libraries, so a plain RSS sum would count them twice).
 Each figure prints as ``name: value (target)``; exit status 1 when a target is missed.
@@ -119,19 +119,16 @@ def _pss_mb(pid: int) -> float:
 
 
 def _tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants (from /proc/<pid>/stat parent ids)."""
-    parent = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                parent[int(d)] = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
+    """``pid`` and all its descendants (``/proc/<pid>/task/<tid>/children``: no scan of every process)."""
     out, todo = [], [pid]
     while todo:
         q = todo.pop()
         out.append(q)
-        todo += [c for c, p in parent.items() if p == q]
+        try:
+            for t in os.listdir(f"/proc/{q}/task"):
+                todo += [int(c) for c in open(f"/proc/{q}/task/{t}/children").read().split()]
+        except OSError:
+            pass
     return out
 
 
@@ -147,7 +144,7 @@ def run_child(args: list, env: dict) -> tuple[dict, float, float]:
             pids = _tree(p.pid)
             peak[0] = max(peak[0], sum(_pss_mb(q) for q in pids))
             peak[1] = max(peak[1], _pss_mb(p.pid))
-            time.sleep(0.2)
+            time.sleep(0.3)
     th = threading.Thread(target=sample, daemon=True)
     th.start()
     rc = p.wait()

@@ -36,7 +36,7 @@ from . import corpus
 
 TOKENIZER_SAMPLE_SENTENCES = 2_000_000   # tokenizer training reads at most this many training sentences
 BATCH_BYTES = 8 << 20                    # text per map batch (a few books, or ~5k Wikipedia articles)
-WINDOW_ITEMS = 1 << 22                   # block rows / sentences held by the main process per gather window
+WINDOW_ITEMS = 1 << 16                   # block rows held by the main process per gather window (16 MiB at L=128)
 
 
 class CorpusError(ValueError):
