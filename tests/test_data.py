@@ -325,3 +325,18 @@ def test_masking_is_fully_determined_by_the_generator(bert):
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[1], c[1])
     assert torch.equal(x, _batch(bert, n=32))                         # input left untouched
+
+
+# ----------------------------------------------------------------------------- cost before work
+
+def test_plan_estimates_data_preparation(small, tmp_path, monkeypatch):
+    from dwt_lib.plan import data_prep_estimate, format_data_estimate
+    got = data_prep_estimate(load_params("smoke", SMALL))                 # prepared: its own figures
+    assert got["source"].startswith("measured") and got["words"] == small.stats["words_before_sampling"]
+    assert got["blocks_bytes"] == (len(small.train) + len(small.validation)) * 32 * 2
+    monkeypatch.setenv("DWT_CACHE_DIR", str(tmp_path))                  # nothing prepared: assumed words
+    paper = load_params("paper")
+    e = data_prep_estimate(paper, cores=8)
+    assert e["words"] == 3.3e9 and e["tokens"] == pytest.approx(3.3e9 * e["tokens"] / e["words"])
+    assert e["tokens"] < e["words"] / paper.data.sample_every * 2 and 0 < e["hours_64"] < e["hours"]
+    assert "3.3e+09 words" in format_data_estimate(e) and "h on 8 core(s)" in format_data_estimate(e)
