@@ -31,12 +31,22 @@ MANIFEST = "manifest.json"
 TMP = "last.tmp"
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+_DIGESTS: dict[tuple, str] = {}      # (path, inode, size, mtime) -> sha256 of files this process hashed
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22, remembered: bool = False) -> str:
+    """sha256 of a file, always read from disk unless ``remembered``: then a digest this process
+    computed for the same inode, size and mtime is reused (a save does not hash the previous
+    checkpoint again: it was verified at load, or read back when this process wrote it)."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve().parent), st.st_ino, st.st_size, st.st_mtime_ns)
+    if not remembered or key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
 
 
 def write_file(path: Path, data: bytes) -> None:
@@ -73,7 +83,7 @@ def save(folder: Path, state: dict) -> Path:
         old = read_manifest(folder) or {}
         files = {"last.pt": {"sha256": digest, "bytes": len(data), "step": state["step"]}}
         if last.exists():           # becomes prev.pt: keep the entry its bytes match
-            h = sha256_file(last)
+            h = sha256_file(last, remembered=True)
             match = [e for e in old.values() if isinstance(e, dict) and e.get("sha256") == h]
             if match or not old:    # no manifest: a checkpoint from before checksums, loaded fine
                 files["prev.pt"] = match[0] if match else {"sha256": h, "bytes": last.stat().st_size}
