@@ -22,11 +22,12 @@ TARGET = 0.7
 
 def _sentences(words: int) -> tuple[list[list[str]], float]:
     """Documents (as sentence lists) of the paper-profile corpora through the mirror, up to ``words`` words."""
-    cfg = load_params("smoke")          # the mirror's corpora; every document, no sampling
+    cfg = load_params("mini")           # the mirror's corpora (mini's stand-ins); every document, no sampling
     t = time.time()
     out, n = [], 0
     for c in cfg.data.corpora:
-        for text in corpus.iter_texts(data.require_source(c.id, "corpus"), c.config, c.split, c.text_column, None):
+        src = data.require(data.resolve_corpus(c), "corpus").where
+        for text in corpus.iter_texts(src, c.config, c.split, c.text_column, None):
             s = corpus.split_sentences(corpus.clean_document(text))
             out.append(s)
             n += sum(len(x.split()) for x in s)

@@ -30,10 +30,12 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class CorpusSource:
-    id: str                                 # Hub id, resolved through $DWT_DATA_DIR first
+    id: str                                 # Hub id (read from $DWT_DATA_DIR/<id> first), or sample:<path>
     config: Optional[str] = None            # Hub dataset config (e.g. "20231101.en")
     split: str = "train"
     text_column: str = "text"
+    max_documents: Optional[int] = None     # first N rows of this corpus; None: data.max_documents
+    mirror: Optional[str] = None            # a folder under $DWT_DATA_DIR standing in offline (another dataset)
 
 
 @dataclass(frozen=True)
@@ -362,6 +364,11 @@ def _check_values(obj: Any, src: str, prefix: str) -> None:
             _fail(src, p + "vocab_size", "an integer >= 100", obj.vocab_size)
         if not obj.corpora:
             _fail(src, p + "corpora", "at least one corpus", [])
+        for i, c in enumerate(obj.corpora):
+            if c.max_documents is not None and c.max_documents < 1:
+                _fail(src, f"{p}corpora[{i}].max_documents", "an integer >= 1 or null", c.max_documents)
+            if c.mirror and c.id.startswith("sample:"):
+                _fail(src, f"{p}corpora[{i}].mirror", "null for a sample: source (the sample is read as is)", c.mirror)
     elif isinstance(obj, DistillConfig):
         if obj.alpha_hard < 0:
             _fail(src, p + "alpha_hard", "a number >= 0", obj.alpha_hard)

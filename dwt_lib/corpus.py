@@ -85,8 +85,10 @@ def load_documents(corpora: Sequence, max_documents: Optional[int] = None,
     per = []
     for c in corpora:
         src = resolve(c.id)
+        own = getattr(c, "max_documents", None)                          # a corpus's own limit first
+        limit = own if own is not None else max_documents
         per.append([Document(f"{c.id}#{i}", t) for i, t in
-                    enumerate(iter_texts(src, c.config, c.split, c.text_column, max_documents))])
+                    enumerate(iter_texts(src, c.config, c.split, c.text_column, limit))])
     out: list[Document] = []
     for i in range(max((len(p) for p in per), default=0)):
         out.extend(p[i] for p in per if i < len(p))

@@ -1,13 +1,15 @@
-"""Pre-training data: source resolution, tokenizer, packing into BERT blocks, cache, MLM masking.
+"""Pre-training data: tokenizer, packing into BERT blocks, cache, MLM masking.
 
 ``prepare_pretraining_data(cfg)`` turns ``cfg.data`` into two arrays of blocks ``[CLS] s1 s2 ... [SEP] [PAD]...``
 cached once under ``<outputs>/.cache/data-<hash>/`` (``$DWT_CACHE_DIR`` overrides the root) and opened
-memory-mapped (:mod:`dwt_lib.datacache`). Text rules (cleaning, sentence split, 1-in-N sampling, split by
+memory-mapped (:mod:`dwt_lib.datacache`). Where each source is read from (sample, mirror or Hub) is
+:mod:`dwt_lib.sources`. Text rules (cleaning, sentence split, 1-in-N sampling, split by
 document) are in :mod:`dwt_lib.corpus`; the parallel, bounded-memory build is :mod:`dwt_lib.pipeline`. ``mask_tokens`` is BERT's 80/10/10 masking,
 fully determined by an explicit ``torch.Generator`` so a resumed run masks exactly as before.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -24,6 +26,9 @@ import torch
 from . import corpus, datacache
 from .config import Config, DataConfig, stable_hash
 from .datacache import TokenBlocks, cache_root  # noqa: F401  (cache_root: re-exported)
+# Source resolution (sample / mirror / Hub) is sources.py; these names stay importable from here.
+from .sources import (DataSourceError, data_dir, describe_sources, require, require_source,  # noqa: F401
+                      resolve, resolve_corpus, sources_table, text_identity)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Bump when a change here or in corpus.py changes the processed data: it is part of the cache hash.
@@ -32,59 +37,10 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 MIN_TAIL_TOKENS = 8   # a document's last block with fewer content tokens is dropped (~1 MLM target)
 
 
-class DataSourceError(RuntimeError):
-    """A dataset or tokenizer is neither in the local mirror nor reachable on the Hub."""
-
-
-# ----------------------------------------------------------------------------- sources
-
-def data_dir() -> Path:
-    """The offline mirror root: ``$DWT_DATA_DIR``, default ``<repo>/data``."""
-    return Path(os.environ.get("DWT_DATA_DIR") or REPO_ROOT / "data")
-
-
-def resolve(hub_id: str) -> str:
-    """``$DWT_DATA_DIR/<hub_id>`` when that folder exists, else ``hub_id`` unchanged."""
-    local = data_dir() / hub_id
-    return str(local) if local.is_dir() else hub_id
-
-
-def _offline() -> bool:
-    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on")
-               for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def require_source(hub_id: str, what: str, repo_type: str = "dataset") -> str:
-    """Resolve ``hub_id`` and check it can be read: the local folder, or the Hub when online.
-
-    Returns what :func:`resolve` returns. Raises :class:`DataSourceError` naming the id, the folder
-    tried and the fix when the folder is missing and the Hub is off (``HF_HUB_OFFLINE=1`` /
-    ``HF_DATASETS_OFFLINE=1``) or does not answer for that repo. Call it before any work.
-    """
-    src = resolve(hub_id)
-    if src != hub_id:
-        return src
-    folder = data_dir() / hub_id
-    why = "the Hub is disabled (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set)" if _offline() else None
-    if why is None:
-        try:
-            from huggingface_hub import repo_exists
-            if not repo_exists(hub_id, repo_type=repo_type):
-                why = f"the Hub has no {repo_type} repo {hub_id!r}"
-        except Exception as e:  # no network, DNS, auth: all mean "not readable from here"
-            why = f"the Hub is unreachable ({type(e).__name__}: {e})"
-    if why:
-        raise DataSourceError(
-            f"{what} {hub_id!r} is not available: no local folder {folder} and {why}. "
-            f"Set DWT_DATA_DIR to an offline mirror that has {hub_id}/ (e.g. DWT_DATA_DIR=/work/shared/data), "
-            f"or run with Hub access (unset HF_HUB_OFFLINE, log in if the repo is gated).")
-    return src
-
-
 # ----------------------------------------------------------------------------- tokenizer
 
 def load_tokenizer(name_or_path: str):
-    """A fast tokenizer from a Hub id (through the mirror) or a saved folder."""
+    """A fast tokenizer from a Hub id (through the mirror), ``sample:<path>`` or a saved folder."""
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(resolve(name_or_path), use_fast=True)
 
@@ -224,10 +180,12 @@ class PretrainingData:
 
 
 def data_hash(dc: DataConfig) -> str:
-    """Hash of everything that determines the processed data (``num_proc`` excluded: it changes speed only)."""
+    """Hash of everything that determines the processed data (``num_proc`` excluded: it changes speed only),
+    including which dataset each corpus resolves to (the Hub id, a mirror stand-in, or the sample)."""
     d = {k: v for k, v in dc.__dict__.items() if k != "num_proc"}
     if d["tokenizer"] != "train":
         d.pop("vocab_size")          # a loaded tokenizer brings its own vocabulary
+    d["read"] = [text_identity(c) for c in dc.corpora]   # a stand-in or the sample gives other text
     d["code_version"] = DATA_CODE_VERSION
     d["min_tail_tokens"] = MIN_TAIL_TOKENS
     return stable_hash(d, 12)
@@ -242,13 +200,18 @@ def build(dc: DataConfig, out: Path, num_proc: Optional[int] = None, streaming: 
     """Run the whole pipeline (:func:`dwt_lib.pipeline.build`) for ``dc`` and write ``train.npy``,
     ``validation.npy``, ``tokenizer/`` and ``stats.json`` into ``out`` (an empty folder). Returns the stats."""
     from . import pipeline
-    srcs = [require_source(c.id, "pre-training corpus") for c in dc.corpora]
+    srcs = [require(resolve_corpus(c), "pre-training corpus") for c in dc.corpora]
     if dc.tokenizer != "train":
         require_source(dc.tokenizer, "tokenizer", repo_type="model")
+    # A stand-in is another dataset: read it with its own (default) config, not the Hub dataset's.
+    read = dataclasses.replace(dc, corpora=tuple(dataclasses.replace(c, config=None) if s.stand_in else c
+                                                 for c, s in zip(dc.corpora, srcs)))
     try:
-        stats = pipeline.build(dc, out, srcs, num_proc=num_proc, streaming=streaming)
+        stats = pipeline.build(read, out, [s.where for s in srcs], num_proc=num_proc, streaming=streaming)
     except pipeline.CorpusError as e:
         raise DataSourceError(str(e)) from None
+    stats["config"] = dataclasses.asdict(dc)
+    stats["sources"] = [s.record() for s in srcs]     # what was read: sample / mirror (stand-in?) / hub
     with open(out / "stats.json", "w") as f:
         f.write(json.dumps(stats, indent=1))
     return stats
@@ -288,7 +251,7 @@ def prepare_pretraining_data(cfg: Config, num_proc: Optional[int] = None,
     if path.is_dir() and datacache.verify(path) is None:
         return load_cached(path)
     for c in dc.corpora:               # fail before any work (and before taking the lock)
-        require_source(c.id, "pre-training corpus")
+        require(resolve_corpus(c), "pre-training corpus")
     if dc.tokenizer != "train":
         require_source(dc.tokenizer, "tokenizer", repo_type="model")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 """GLUE tasks: metadata, loading (offline mirror or Hub), dynamic-padding batches, metrics.
 
-Sources. ``source`` is a Hub id (``nyu-mll/glue``). Through :func:`dwt_lib.data.resolve` it
-becomes ``$DWT_DATA_DIR/nyu-mll/glue`` when that folder exists; then splits are read from
+Sources. ``source`` is a Hub id (``nyu-mll/glue``) or ``sample:nyu-mll/glue`` (the subsets
+shipped with the package). Through :func:`dwt_lib.sources.resolve` a Hub id becomes
+``$DWT_DATA_DIR/nyu-mll/glue`` when that folder exists; from a folder splits are read from
 ``<folder>/<task>/<split>-*.parquet`` (Hub layout, Hub label ids). Otherwise
 ``datasets.load_dataset(source, task, split=...)`` fetches them. The offline mirror has no
 MNLI, no QQP and no QNLI train: asking for them raises :class:`DataSourceError` naming the
@@ -69,12 +70,12 @@ def split_name(task: str, split: str) -> str:
 # ----------------------------------------------------------------------------- reading
 
 def _resolve(source: str) -> str:
-    from .data import resolve
+    from .sources import resolve
     return resolve(source)
 
 
 def _error(msg: str) -> Exception:
-    from .data import DataSourceError
+    from .sources import DataSourceError
     return DataSourceError(msg)
 
 
@@ -83,11 +84,17 @@ def _local_files(folder: Path, task: str, split: str) -> list[Path]:
 
 
 def _unavailable(task: str, split: str, source: str, tried: str) -> Exception:
+    from .sources import SAMPLE_PREFIX
+    if source.startswith(SAMPLE_PREFIX):
+        return _error(
+            f"GLUE {task} split {split!r} is not in the sample {source!r} (tried {tried}): the sample "
+            f"holds subsets of SST-2, MRPC, CoLA, STS-B and RTE only. Drop {task!r} from finetune.tasks, "
+            f"or set finetune.source: nyu-mll/glue (read from DWT_DATA_DIR or the Hub).")
     return _error(
         f"GLUE {task} split {split!r} is not available from source {source!r} (tried {tried}). "
-        f"The offline mirror has no MNLI, no QQP and no QNLI train: drop {task!r} from "
-        f"finetune.tasks, or unset DWT_DATA_DIR (or remove the local folder) on a machine "
-        f"with Hugging Face Hub access so {source!r} is downloaded.")
+        f"An offline mirror may lack tasks (MNLI, QQP and QNLI train, for instance): drop {task!r} "
+        f"from finetune.tasks, or read {source!r} from the Hub (unset DWT_DATA_DIR or point it at a "
+        f"mirror without that folder, and unset HF_HUB_OFFLINE).")
 
 
 def read_split(task: str, split: str = "train", source: str = "nyu-mll/glue"):

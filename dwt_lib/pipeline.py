@@ -328,7 +328,8 @@ def build(dc, out: Path, sources: Sequence[str], num_proc: Optional[int] = None,
     old_par = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"     # one thread per worker: num_proc is the core count
     try:
-        raw = [open_corpus(c, s, dc.max_documents, work, streaming) for c, s in zip(dc.corpora, sources)]
+        raw = [open_corpus(c, s, dc.max_documents if c.max_documents is None else c.max_documents, work, streaming)
+               for c, s in zip(dc.corpora, sources)]         # a corpus's own max_documents first
         text = [_map(ds, _text_batch, work, f"text-{k}", nproc, _fp(f"text-{k}", out), {"cid": c.id, "seed": dc.seed},
                      f"clean + split {c.id}") for k, (c, ds) in enumerate(zip(dc.corpora, raw))]
         order = interleave_order([len(d) for d in text])

@@ -129,8 +129,12 @@ def versions() -> dict:
 
 
 def provenance(cfg: Config, wall_time_s: Optional[float] = None) -> dict:
-    """What every result file records: resolved config, its hash, git commit, versions, wall time."""
+    """What every result file records: resolved config, its hash, where each data source was read from
+    (sample / mirror, stand-in or not / hub: :func:`dwt_lib.sources.describe_sources`), git commit,
+    versions, wall time."""
+    from .sources import describe_sources
     return {"profile": cfg.profile, "config": cfg.to_dict(), "config_hash": cfg.short_hash(),
+            "data_sources": describe_sources(cfg),
             "git_commit": git_commit(), "versions": versions(), "wall_time_s": wall_time_s,
             "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 

@@ -1,6 +1,7 @@
-"""Pre-training data: source resolution, sampling, split, packing, cache, MLM masking.
+"""Pre-training data: sampling, split, packing, cache, MLM masking.
 
-Runs on small slices of the offline mirror ($DWT_DATA_DIR, default <repo>/data).
+Runs on the sample shipped in dwt_lib/sample_data (the smoke profile's sources): no mirror, no network.
+Source resolution itself is tests/test_sources.py.
 """
 from __future__ import annotations
 
@@ -11,10 +12,8 @@ import torch
 from dwt_lib import corpus, data
 from dwt_lib.config import load_params
 
-pytestmark = pytest.mark.skipif(not (data.data_dir() / "corpora/wikipedia-en").is_dir(),
-                                reason="offline mirror not found: set DWT_DATA_DIR")
-
-SMALL = {"data.max_documents": 4, "data.max_sentences": 1500, "data.vocab_size": 400,
+# 4 documents per corpus of the sample: 1,104 sentences, so 1-in-4 sampling gives 276 > 200.
+SMALL = {"data.max_documents": 4, "data.max_sentences": 200, "data.vocab_size": 400,
          "data.max_seq_length": 32, "data.validation_fraction": 0.25}
 
 
@@ -29,30 +28,6 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def small(cache_dir):
     return data.prepare_pretraining_data(load_params("smoke", SMALL), num_proc=1)
-
-
-# ----------------------------------------------------------------------------- sources
-
-def test_resolve_local_folder_else_hub_id(tmp_path, monkeypatch):
-    (tmp_path / "org" / "present").mkdir(parents=True)
-    monkeypatch.setenv("DWT_DATA_DIR", str(tmp_path))
-    assert data.data_dir() == tmp_path
-    assert data.resolve("org/present") == str(tmp_path / "org" / "present")
-    assert data.resolve("org/absent") == "org/absent"
-
-
-def test_missing_source_fails_before_work_with_a_clear_message(tmp_path, monkeypatch):
-    empty = tmp_path / "mirror"
-    empty.mkdir()
-    monkeypatch.setenv("DWT_DATA_DIR", str(empty))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("DWT_CACHE_DIR", str(tmp_path / "cache"))
-    with pytest.raises(data.DataSourceError) as e:
-        data.prepare_pretraining_data(load_params("smoke"))
-    msg = str(e.value)
-    assert "corpora/wikipedia-en" in msg and str(empty / "corpora/wikipedia-en") in msg
-    assert "DWT_DATA_DIR" in msg and "HF_HUB_OFFLINE" in msg
-    assert not (tmp_path / "cache").exists()          # nothing was started
 
 
 # ----------------------------------------------------------------------------- text
@@ -127,8 +102,9 @@ def test_real_blocks_are_well_formed(small):
         assert ((x == tok.sep_token_id).sum(1) == 1).all()
         assert ((x == tok.cls_token_id).sum(1) == 1).all()
     assert (small.cache_dir / "tokenizer" / "tokenizer.json").exists()
-    assert small.stats["sentences_after_sampling"] == 1500
-    assert small.stats["sentences_before_sampling"] / 4 > 1500          # so capped by max_sentences
+    assert small.stats["sentences_after_sampling"] == 200
+    assert small.stats["sentences_before_sampling"] / 4 > 200           # so capped by max_sentences
+    assert [s["kind"] for s in small.stats["sources"]] == ["sample", "sample"]   # what was read, recorded
 
 
 # ----------------------------------------------------------------------------- cache
@@ -151,7 +127,7 @@ def test_any_input_change_changes_the_cache_dir(cache_dir):
     changes = {"data.sample_every": 2, "data.max_documents": 5, "data.max_sentences": 100,
                "data.validation_fraction": 0.3, "data.seed": 1, "data.vocab_size": 500,
                "data.max_seq_length": 64, "data.tokenizer": "google-bert/bert-base-uncased",
-               "data.corpora": [{"id": "corpora/wikipedia-en"}]}
+               "data.corpora": [{"id": "sample:corpora/wikipedia-en"}]}
     paths = {k: data.cache_path(base.replace(**{k: v}).data) for k, v in changes.items()}
     assert p0 not in paths.values() and len(set(paths.values())) == len(paths)
     assert data.cache_path(base.replace(**{"data.num_proc": 1}).data) == p0   # speed only
@@ -237,7 +213,7 @@ def hub_like(tmp_path_factory):
     (folder / "texts").mkdir(parents=True)
     (folder / "nothing").mkdir()
     (folder / "README.md").write_text(README)
-    texts = list(corpus.iter_texts(str(data.data_dir() / "corpora/wikipedia-en"), None, "train", "text", 12))
+    texts = list(corpus.iter_texts(data.resolve("sample:corpora/wikipedia-en"), None, "train", "text", 12))
     pq.write_table(pa.table({"body": texts[:7]}), folder / "texts" / "part-0.parquet")
     pq.write_table(pa.table({"body": texts[7:]}), folder / "texts" / "part-1.parquet")
     pq.write_table(pa.table({"body": pa.array([], pa.string())}), folder / "nothing" / "part-0.parquet")
@@ -285,7 +261,7 @@ def test_missing_column_or_empty_corpus_is_one_clear_error(hub_like, tmp_path, m
 
 @pytest.fixture(scope="module")
 def bert():
-    return data.load_tokenizer("google-bert/bert-base-uncased")
+    return data.load_tokenizer("sample:google-bert/bert-base-uncased")
 
 
 def _batch(tok, n=400, L=64, seed=0):
