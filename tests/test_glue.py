@@ -1,4 +1,5 @@
-"""GLUE loading against the offline mirror, and each metric against scikit-learn / SciPy."""
+"""GLUE loading from the shipped sample (and, when present, the offline mirror), and each metric
+against scikit-learn / SciPy."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,47 +11,52 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from dwt_lib import glue
 from dwt_lib.config import load_params
-from dwt_lib.data import DataSourceError, resolve
+from dwt_lib.data import DataSourceError, load_tokenizer, resolve
 
-SOURCE = "nyu-mll/glue"
-needs_mirror = pytest.mark.skipif(not Path(resolve(SOURCE)).is_dir(),
-                                  reason="offline GLUE mirror not found (set DWT_DATA_DIR)")
+SOURCE = "sample:nyu-mll/glue"          # the smoke profile's source: no mirror, no network
+MIRROR = "nyu-mll/glue"
+needs_mirror = pytest.mark.skipif(not Path(resolve(MIRROR)).is_dir(),
+                                  reason="the offline GLUE mirror is not in DWT_DATA_DIR (its full split sizes)")
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from transformers import AutoTokenizer
-    path = resolve("google-bert/bert-base-uncased")
-    if not Path(path).is_dir():
-        pytest.skip("BERT tokenizer not in the offline mirror")
-    return AutoTokenizer.from_pretrained(path)
+    return load_tokenizer("sample:google-bert/bert-base-uncased")
 
 
-# Row counts as stored in the mirror's Parquet files (MRPC train: 3,667, one fewer than the Hub).
-COUNTS = {"sst2": (67349, 872), "mrpc": (3667, 408), "cola": (8551, 1043), "stsb": (5749, 1500),
-          "rte": (2490, 277), "wnli": (635, 71)}
+# Rows in the sample (tools/make_sample_data.py) and in the mirror's Parquet files
+# (MRPC train: 3,667 in the mirror, one fewer than the Hub).
+SAMPLE_COUNTS = {"sst2": (2000, 872), "mrpc": (500, 408), "cola": (500, 1043), "stsb": (500, 500),
+                 "rte": (200, 277)}
+MIRROR_COUNTS = {"sst2": (67349, 872), "mrpc": (3667, 408), "cola": (8551, 1043), "stsb": (5749, 1500),
+                 "rte": (2490, 277), "wnli": (635, 71)}
 
 
-@needs_mirror
-@pytest.mark.parametrize("task", sorted(COUNTS))
+@pytest.mark.parametrize("task", sorted(SAMPLE_COUNTS))
 def test_split_sizes(task):
-    assert glue.split_size(task, "train", SOURCE) == COUNTS[task][0]
-    assert glue.split_size(task, "validation", SOURCE) == COUNTS[task][1]
+    assert glue.split_size(task, "train", SOURCE) == SAMPLE_COUNTS[task][0]
+    assert glue.split_size(task, "validation", SOURCE) == SAMPLE_COUNTS[task][1]
+    assert glue.split_size(task, "train", SOURCE) == len(glue.read_split(task, "train", SOURCE))
 
 
 @needs_mirror
+@pytest.mark.parametrize("task", sorted(MIRROR_COUNTS))
+def test_mirror_split_sizes(task):
+    assert glue.split_size(task, "train", MIRROR) == MIRROR_COUNTS[task][0]
+    assert glue.split_size(task, "validation", MIRROR) == MIRROR_COUNTS[task][1]
+    assert glue.split_size("qnli", "validation", MIRROR) == 5463
+
+
 def test_available_tasks_and_table():
-    assert glue.available_tasks(SOURCE) == ["sst2", "cola", "stsb", "mrpc", "rte", "wnli"]
-    assert glue.split_size("qnli", "validation", SOURCE) == 5463
+    assert glue.available_tasks(SOURCE) == ["sst2", "cola", "stsb", "mrpc", "rte"]
     table = glue.glue_table(load_params("smoke"))
     assert list(table.task) == list(glue.TASKS)
     row = table.set_index("task")
     assert row.loc["mnli", "train"] == "unavailable" and row.loc["qnli", "train"] == "unavailable"
-    assert row.loc["sst2", "train"] == 67349 and bool(row.loc["sst2", "in_profile"])
+    assert row.loc["sst2", "train"] == 2000 and bool(row.loc["sst2", "in_profile"])
     assert not bool(row.loc["cola", "in_profile"]) and bool(row.loc["cola", "available"])
 
 
-@needs_mirror
 @pytest.mark.parametrize("task,split", [("mnli", "train"), ("mnli", "validation"), ("qqp", "train"),
                                         ("qnli", "train")])
 def test_unavailable_split_names_task_split_and_source(task, split):
@@ -58,15 +64,22 @@ def test_unavailable_split_names_task_split_and_source(task, split):
         glue.read_split(task, split, SOURCE)
     msg = str(e.value)
     assert task in msg and SOURCE in msg and glue.split_name(task, split) in msg
-    assert "DWT_DATA_DIR" in msg            # says what to do
+    assert "finetune.source: nyu-mll/glue" in msg            # says what to do
 
 
 @needs_mirror
+def test_unavailable_split_in_the_mirror_says_how_to_reach_the_hub():
+    with pytest.raises(DataSourceError) as e:
+        glue.read_split("qqp", "train", MIRROR)
+    msg = str(e.value)
+    assert "qqp" in msg and MIRROR in msg and "DWT_DATA_DIR" in msg and "HF_HUB_OFFLINE" in msg
+
+
 def test_label_ids_match_hub_convention():
     sst = glue.read_split("sst2", "validation", SOURCE)
     assert sorted(sst.label.unique()) == [0, 1] and int((sst.label == 1).sum()) == 444
-    mrpc = glue.read_split("mrpc", "train", SOURCE)
-    assert sorted(mrpc.label.unique()) == [0, 1] and int((mrpc.label == 1).sum()) == 2473
+    mrpc = glue.read_split("mrpc", "validation", SOURCE)
+    assert sorted(mrpc.label.unique()) == [0, 1] and int((mrpc.label == 1).sum()) == 279
     cola = glue.read_split("cola", "validation", SOURCE)
     assert int((cola.label == 1).sum()) == 721
     stsb = glue.read_split("stsb", "validation", SOURCE)
@@ -74,7 +87,6 @@ def test_label_ids_match_hub_convention():
     assert (glue.read_split("rte", "test", SOURCE).label == -1).all()
 
 
-@needs_mirror
 def test_load_glue_tokenizes_without_padding(tokenizer):
     ds = glue.load_glue("mrpc", tokenizer, max_seq_length=32, split="validation", source=SOURCE,
                         max_examples=50)
@@ -90,7 +102,6 @@ def test_load_glue_tokenizes_without_padding(tokenizer):
     assert all(set(x) == {0} for x in single.encodings["token_type_ids"])
 
 
-@needs_mirror
 def test_collate_pads_to_longest_in_batch(tokenizer):
     ds = glue.load_glue("sst2", tokenizer, 128, "validation", SOURCE, max_examples=8)
     batch = glue.collate([ds[i] for i in range(8)], tokenizer.pad_token_id)

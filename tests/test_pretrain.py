@@ -169,7 +169,7 @@ def test_finished_run_is_reused(shared, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_dwt_lowers_heldout_mlm_loss(shared):
-    """20 DWT steps from the shared weak teacher on real mirror text: the held-out MLM loss
+    """20 DWT steps from the shared weak teacher on real text (the sample): the held-out MLM loss
     falls below its value at random init (~ln V, uniform predictions) and below the first eval."""
     ensure_pretrained(shared, "teacher-weak", progress=False)
     cfg = cfg_of(**{"pretrain.max_steps": 20, "pretrain.lr": 3e-3, "pretrain.log_every": 5,
