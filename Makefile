@@ -19,9 +19,10 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # The notebooks run at smoke scale into a throw-away outputs folder, so tests never rewrite the
-# committed outputs/<profile>/ figures and results.
+# committed outputs/<profile>/ figures and results. They read the sample in dwt_lib/sample_data; tests that
+# check a mirror itself skip, with the reason printed (-rs), when DWT_DATA_DIR holds none.
 test: $(STAMP)
-	tmp=$$(mktemp -d) && DWT_OUTPUTS_DIR=$$tmp $(PY) -m pytest -q -p no:cacheprovider tests --nbval-lax notebooks; \
+	tmp=$$(mktemp -d) && DWT_OUTPUTS_DIR=$$tmp $(PY) -m pytest -q -rs -p no:cacheprovider tests --nbval-lax notebooks; \
 	rc=$$?; rm -rf $$tmp; exit $$rc
 
 reproduce: $(STAMP)
