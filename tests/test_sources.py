@@ -151,3 +151,18 @@ def test_sample_is_what_the_script_cuts_from_the_mirror(tmp_path):
             assert pq.read_table(a).equals(pq.read_table(b), check_metadata=True), rel
         else:
             assert a.read_bytes() == b.read_bytes(), rel
+
+
+def test_pipeline_reads_a_stand_in_with_its_own_config_and_limits(mirror, tmp_path, monkeypatch):
+    """A stand-in folder is read without the Hub dataset's config; each corpus's own limit applies; stats say so."""
+    import shutil
+    shutil.copytree(sources.SAMPLE_DIR / "corpora/wikipedia-en", mirror / "corpora/wiki-standin")
+    monkeypatch.setenv("DWT_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = load_params("smoke", {"data.corpora": [
+        {"id": "org/wiki", "config": "20231101.en", "mirror": "corpora/wiki-standin"},
+        {"id": "sample:corpora/gutenberg-en", "max_documents": 2}],
+        "data.max_documents": 5, "data.max_sentences": None, "data.vocab_size": 300, "data.max_seq_length": 32})
+    st = data.prepare_pretraining_data(cfg, num_proc=1).stats
+    assert st["documents"] == 5 + 2
+    assert st["sources"][0] == {"id": "org/wiki", "kind": "mirror", "read": "corpora/wiki-standin", "stand_in": True}
+    assert st["sources"][1]["kind"] == "sample" and st["config"]["corpora"][0]["config"] == "20231101.en"
