@@ -88,7 +88,7 @@ def _unavailable(task: str, split: str, source: str, tried: str) -> Exception:
     if source.startswith(SAMPLE_PREFIX):
         return _error(
             f"GLUE {task} split {split!r} is not in the sample {source!r} (tried {tried}): the sample "
-            f"holds subsets of SST-2, MRPC, CoLA, STS-B and RTE only. Drop {task!r} from finetune.tasks, "
+            f"holds subsets of SST-2, MRPC, CoLA, STS-B and RTE only; drop {task!r} from finetune.tasks, "
             f"or set finetune.source: nyu-mll/glue (read from DWT_DATA_DIR or the Hub).")
     return _error(
         f"GLUE {task} split {split!r} is not available from source {source!r} (tried {tried}). "
