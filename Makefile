@@ -1,15 +1,19 @@
-# make setup | make test | make reproduce PROFILE=smoke|mini|paper | make bench
+# make setup | make test | make reproduce PROFILE=smoke|mini|paper | make lab [PORT=8888] | make bench
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PROFILE ?= smoke
+PORT    ?= 8888
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup test reproduce bench clean-outputs
+.PHONY: setup test reproduce lab bench clean-outputs
 
 # First use creates the venv. On a machine without CUDA, torch==2.13.0 (a CPU wheel) goes in
 # first, so `torch>=2.4` in pyproject.toml is already satisfied and pip pulls no CUDA build.
 $(STAMP): pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
+	@command -v python3 >/dev/null || { echo "make: python3 (>= 3.10) not found: install Python, or use" \
+	  "the conda environment (conda env create -f environment.yml; python -m dwt_lib.lab)" >&2; exit 1; }
+	test -x $(PY) || python3 -m venv $(VENV) || { echo "make: could not create $(VENV): install the venv" \
+	  "module (Debian: apt-get install python3-venv)" >&2; exit 1; }
 	$(PY) -m pip install -q --upgrade pip
 	if command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q "torch>=2.4"; \
 	else $(PY) -m pip install -q torch==2.13.0; fi
@@ -27,6 +31,11 @@ test: $(STAMP)
 
 reproduce: $(STAMP)
 	$(VENV)/bin/dwt reproduce --profile $(PROFILE)
+
+# Registers the venv as the notebooks' kernel "dwt" (inside the venv, --sys-prefix), then JupyterLab on
+# notebooks/ at 127.0.0.1:$(PORT); the URL with its token is printed.
+lab: $(STAMP)
+	@$(PY) -m dwt_lib.lab --port $(PORT)
 
 bench: $(STAMP)
 	$(PY) bench/bench_all.py

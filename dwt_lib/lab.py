@@ -1,0 +1,95 @@
+"""``make lab``: register the project's environment as a Jupyter kernel and start JupyterLab on ``notebooks/``.
+
+The notebooks' metadata name the kernel ``dwt`` ("DWT companion (<env>)"). It is registered inside the
+environment (``--sys-prefix``), so it never leaks into another environment's kernel list, and again on every
+``make lab``, so a moved or rebuilt venv never leaves a stale interpreter path behind. The headless paths do not
+need it: ``dwt reproduce`` runs papermill with the current environment's kernel and ``make test`` runs nbval with
+``--nbval-current-env``.
+
+    python -m dwt_lib.lab [--port 8888] [--root notebooks] [--register-only]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import socket
+import sys
+from pathlib import Path
+from typing import Optional
+
+from .runs import REPO
+
+KERNEL_NAME = "dwt"
+
+
+def display_name() -> str:
+    """``DWT companion (.venv)`` for the Makefile's venv, ``DWT companion (dwt)`` for the conda env."""
+    return f"DWT companion ({Path(sys.prefix).name})"
+
+
+def register_kernel(prefix: Optional[str] = None) -> Path:
+    """Install the kernelspec ``dwt`` (this interpreter) under ``<prefix>/share/jupyter/kernels/dwt``.
+
+    ``prefix`` defaults to the running environment (``sys.prefix``, i.e. ``--sys-prefix``); tests pass a temp
+    folder and put ``<prefix>/share/jupyter`` on ``JUPYTER_PATH``. Returns the kernelspec's folder."""
+    from ipykernel.kernelspec import install
+    return Path(install(kernel_name=KERNEL_NAME, display_name=display_name(), prefix=prefix or sys.prefix))
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when nothing listens on ``host:port`` and we may bind it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS reports free right now (for tests that start a server)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def lab_command(port: int, root: Path, token: str, host: str = "127.0.0.1", base_url: str = "/") -> list[str]:
+    """The ``jupyter lab`` command line: bound to ``host`` only, no browser, no port hopping (and, as root, in a
+    container or CI, ``--allow-root``: the server still listens on loopback only, behind a token)."""
+    return [sys.executable, "-m", "jupyterlab", "--no-browser", f"--ip={host}", f"--port={port}",
+            "--port-retries=0", f"--ServerApp.root_dir={root}", f"--ServerApp.base_url={base_url}",
+            f"--IdentityProvider.token={token}"] + (["--allow-root"] if os.name == "posix" and os.geteuid() == 0 else [])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m dwt_lib.lab", description=__doc__.splitlines()[0])
+    ap.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8888)))
+    ap.add_argument("--root", type=Path, default=REPO / "notebooks")
+    ap.add_argument("--register-only", action="store_true", help="register the kernel and exit")
+    args = ap.parse_args(argv)
+    try:
+        import ipywidgets  # noqa: F401
+        import jupyterlab  # noqa: F401
+    except ImportError as e:
+        print(f"make lab: {e.name} is not installed in {sys.prefix}: run `make lab` from the repository (it "
+              f"installs .[dev] into .venv), or `pip install -e '.[dev]'` in your environment", file=sys.stderr)
+        return 2
+    if not args.register_only and not port_free(args.port):
+        print(f"make lab: port {args.port} on 127.0.0.1 is in use (another JupyterLab?): stop it, or choose "
+              f"another port, e.g. `make lab PORT={args.port + 1}`", file=sys.stderr)
+        return 2
+    where = register_kernel()
+    print(f"kernel '{KERNEL_NAME}' ({display_name()}) -> {where}")
+    if args.register_only:
+        return 0
+    token = secrets.token_hex(16)
+    print(f"\n    JupyterLab on {args.root}: http://127.0.0.1:{args.port}/lab?token={token}\n"
+          f"    (Ctrl-C to stop; the notebooks' kernel is '{display_name()}')\n", flush=True)
+    cmd = lab_command(args.port, args.root, token)
+    os.execv(cmd[0], cmd)          # JupyterLab replaces this process: Ctrl-C goes straight to it
+    return 0                       # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())
