@@ -3,7 +3,7 @@
     dwt pretrain  --profile P --run NAME [--set key=value ...]
     dwt finetune  --profile P --run NAME --task T [--fraction F] [--seed S]
     dwt study     --profile P teacher_quality|soft_weight|param_remap
-    dwt runs      --profile P
+    dwt runs      --profile P [--plot RUN ...]
     dwt plan      --profile P
     dwt reproduce --profile P [--notebooks 01,02]
 
@@ -88,7 +88,18 @@ def cmd_study(args) -> int:
 
 def cmd_runs(args) -> int:
     from .runs import format_runs, list_runs
-    print(format_runs(list_runs(_cfg(args))))
+    cfg = _cfg(args)
+    print(format_runs(list_runs(cfg)))
+    if args.plot:
+        from . import explore, plots
+        from .runs import outputs_dir
+        try:
+            chosen = explore.resolve_runs(cfg, args.plot)
+        except ValueError as e:
+            print(f"dwt runs: error: {e}", file=sys.stderr)
+            return 2
+        plots.compare_runs(outputs_dir(cfg) / "runs", chosen, save_as="compare_runs")
+        print(f"figure: {outputs_dir(cfg) / 'figures' / 'compare_runs.png'} (and .svg)")
     return 0
 
 
@@ -148,7 +159,9 @@ def main(argv=None) -> int:
     p.add_argument("--fraction", type=float, default=1.0, help="snapshot fraction of pre-training")
     p = add("study", cmd_study, "run one study without notebooks: result file, figure, summary")
     p.add_argument("name", choices=["teacher_quality", "soft_weight", "param_remap"])
-    add("runs", cmd_runs, "list runs with status, progress and wall time")
+    p = add("runs", cmd_runs, "list runs with status, progress and wall time")
+    p.add_argument("--plot", nargs="+", metavar="RUN", help="overlay these finished runs' loss curves and fine-tuning "
+                   "scores (run names like dwt-weak, or ids) in figures/compare_runs.png")
     add("plan", cmd_plan, "print every run the studies need and its cost, without running")
     p = add("reproduce", cmd_reproduce, "execute every notebook with papermill for a profile")
     p.add_argument("--notebooks", default=None, help="comma-separated prefixes, e.g. 01,03")

@@ -85,12 +85,33 @@ def teacher_quality(result_path: Path):
 
 def over_training(result_path: Path, name: str):
     """Fig. 3 / 4: per-task fine-tuning score at each pre-training snapshot, one panel per task,
-    mean over seeds with the seed range shaded."""
+    mean over seeds with the seed range shaded. A task on which no model beats its majority-class baseline
+    gets a panel that says so (and the baseline) instead of flat lines."""
+    from .results import baseline_tasks
     res = read_json(result_path)
     tasks = res["tasks"]
+    dead = set(baseline_tasks(res["scores"]))
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, len(tasks), figsize=(3.4 * len(tasks), 3.2), squeeze=False)
+        # constrained layout keeps the figure title clear of the panel titles
+        fig, axes = plt.subplots(1, len(tasks), figsize=(3.4 * len(tasks), 3.4), squeeze=False,
+                                 layout="constrained")
+        handles = {}
         for ax, task in zip(axes[0], tasks):
+            ax.set_title(task.upper())
+            ax.set_xlabel("fraction of pre-training")
+            ax.set_xticks(res["fractions"])
+            if task in dead:
+                base = [s.get("majority_baseline") or 0.0 for s in res["scores"] if s["task"] == task]
+                b = sum(base) / len(base)
+                ax.axhline(b, color="#888888", ls="--", lw=1)
+                ax.set_xlim(min(res["fractions"]) - 0.1, max(res["fractions"]) + 0.1)
+                ax.set_ylim(b - 10, b + 10)
+                ax.set_yticks([b])
+                ax.text(0.5, 0.5, f"every model at the majority-class\nbaseline ({b:.1f}, dashed):\n"
+                        f"no transfer to compare on {task.upper()}", transform=ax.transAxes, ha="center",
+                        va="center", fontsize=9, color="#444444",
+                        bbox=dict(boxstyle="round,pad=0.4", fc="#f4f4f4", ec="#cccccc"))
+                continue
             for run in res["runs"]:
                 pts = sorted((s["fraction"], s["mean"], min(s["scores"]), max(s["scores"]))
                              for s in res["scores"] if s["run"] == run and s["task"] == task)
@@ -98,13 +119,11 @@ def over_training(result_path: Path, name: str):
                     continue
                 x, m, lo, hi = zip(*pts)
                 label = _label(run, res)
-                ax.plot(x, m, marker="o", color=_color(run), label=label)
+                handles[label] = ax.plot(x, m, marker="o", color=_color(run), label=label)[0]
                 ax.fill_between(x, lo, hi, color=_color(run), alpha=0.15, lw=0)
-            ax.set_title(task.upper())
-            ax.set_xlabel("fraction of pre-training")
-            ax.set_xticks(res["fractions"])
         axes[0][0].set_ylabel("validation score")
-        axes[0][-1].legend(fontsize=8)
+        if handles:
+            fig.legend(handles.values(), handles.keys(), fontsize=8, loc="outside right center")
         fig.suptitle(f"{_title(res)} ({res['provenance']['profile']} profile; {len(res['seeds'])} seed(s))")
         save(fig, result_path, name)
     return fig
@@ -150,3 +169,81 @@ def _label(run: str, res: dict) -> str:
 
 def _title(res: dict) -> str:
     return {"soft_weight": "Soft-loss weight", "param_remap": "Parameter remapping"}.get(res["study"], res["study"])
+
+
+# ----------------------------------------------------------------------------- comparing runs of the registry
+
+def registry_runs(runs_dir: Path) -> dict[str, dict]:
+    """Finished pre-training runs in ``outputs/<profile>/runs/``, by id: name, kind, held-out MLM loss, training
+    log, and the fine-tuning scores of their snapshots (from the finished fine-tuning runs that name them).
+    Folders that are unfinished or unreadable are left out; ``dwt runs`` says why."""
+    import json
+    pre, ft = {}, []
+    for d in sorted(Path(runs_dir).glob("*-*")):
+        try:
+            meta, res = read_json(d / "run.json"), read_json(d / "result.json")
+        except (OSError, ValueError):
+            continue
+        if meta.get("kind") == "finetune":
+            ft.append({"pretrain": meta["key"].get("pretrain"), "task": res.get("task"), "seed": res.get("seed"),
+                       "fraction": res.get("fraction", meta["key"].get("fraction")), "score": res.get("score")})
+            continue
+        log = d / "log.jsonl"
+        pre[d.name] = {"id": d.name, "name": meta.get("name"), "kind": meta.get("kind"),
+                       "mlm_loss": (res.get("final_eval") or {}).get("mlm_loss"),
+                       "log": [json.loads(ln) for ln in log.read_text().splitlines() if ln.strip()]
+                       if log.exists() else [], "scores": []}
+    for s in ft:
+        if s["pretrain"] in pre and s["score"] is not None:
+            pre[s["pretrain"]]["scores"].append(s)
+    return pre
+
+
+def compare_runs(runs_dir: Path, chosen: dict[str, str], save_as: str | None = None):
+    """Overlay chosen runs of one profile: pre-training MLM loss against step (solid: training, dotted: held-out)
+    and fine-tuning scores per task at each run's last snapshot (mean over seeds, bar; seed range, whisker).
+
+    ``chosen`` maps run id -> label (see :func:`dwt_lib.explore.resolve_runs`). With ``save_as`` the figure is
+    saved as ``outputs/<profile>/figures/<save_as>.png|svg``."""
+    import numpy as np
+    reg = registry_runs(runs_dir)
+    missing = [i for i in chosen if i not in reg]
+    if missing:
+        raise ValueError(f"not finished (or not in {runs_dir}): {', '.join(missing)}")
+    with plt.rc_context(STYLE):
+        fig, (ax_l, ax_s) = plt.subplots(1, 2, figsize=(12, 3.6), layout="constrained")
+        cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        tasks = sorted({s["task"] for i in chosen for s in reg[i]["scores"]})
+        width = 0.8 / max(len(chosen), 1)
+        for k, (rid, label) in enumerate(chosen.items()):
+            r, c = reg[rid], cycle[k % len(cycle)]
+            loss = f" (held-out {r['mlm_loss']:.3f})" if r["mlm_loss"] is not None else ""
+            steps = [e["step"] for e in r["log"] if "hard" in e]
+            ax_l.plot(steps, [e["hard"] for e in r["log"] if "hard" in e], color=c, lw=1, label=label + loss)
+            ev = [(e["step"], e["eval_mlm_loss"]) for e in r["log"] if "eval_mlm_loss" in e]
+            if ev:
+                ax_l.plot(*zip(*ev), color=c, ls=":", marker=".")
+            for j, t in enumerate(tasks):
+                sc = [s for s in r["scores"] if s["task"] == t]
+                if not sc:
+                    continue
+                last = max(s["fraction"] for s in sc)
+                v = [s["score"] for s in sc if s["fraction"] == last]
+                x = j - 0.4 + width * (k + 0.5)
+                ax_s.bar(x, np.mean(v), width, color=c, alpha=0.85)
+                ax_s.plot([x, x], [min(v), max(v)], color="#333333", lw=1)
+        ax_l.set(title="pre-training MLM loss (dotted: held-out)", xlabel="step")
+        ax_l.legend(fontsize=8)
+        if tasks:
+            ax_s.set_xticks(range(len(tasks)), [t.upper() for t in tasks])
+            ax_s.set(title="fine-tuning score at the last snapshot (mean; whisker: seed range)",
+                     ylabel="validation score")
+        else:
+            ax_s.text(0.5, 0.5, "no fine-tuning results for these runs yet", ha="center", va="center",
+                      transform=ax_s.transAxes, color="#666666")
+            ax_s.set_axis_off()
+        ax_l.title.set_fontsize(9)
+        ax_s.title.set_fontsize(9)
+        if save_as:
+            save(fig, Path(runs_dir).parent / "results" / "compare_runs.json", save_as)   # -> <profile>/figures/
+    return fig

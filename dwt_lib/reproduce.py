@@ -3,7 +3,8 @@
 Executed copies go to ``outputs/<profile>/notebooks/``; the notebooks write figures to
 ``outputs/<profile>/figures/`` and results to ``outputs/<profile>/results/``. Runs finished
 by an earlier call are reused, so a second call trains nothing. A failing cell stops the
-reproduction with a non-zero exit that names the notebook and the cell.
+reproduction with a non-zero exit that names the notebook and the cell. Notebooks get
+``interactive = False``: their JupyterLab widgets (:mod:`dwt_lib.explore`) draw static defaults instead.
 """
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def reproduce(profile: str, only: Optional[list[str]] = None, overrides: Optiona
         t0 = time.time()
         try:
             pm.execute_notebook(str(nb), str(out / nb.name), kernel_name="python3", progress_bar=True,
-                                parameters={"profile": str(profile), "overrides": dict(overrides or {})},
+                                parameters={"profile": str(profile), "overrides": dict(overrides or {}),
+                                            "interactive": False},   # static figures, no widgets
                                 cwd=str(NOTEBOOKS))
         except PapermillExecutionError as e:
             print(f"dwt reproduce: {nb.name} failed at cell {e.exec_count} ({e.ename}: {e.evalue}); "

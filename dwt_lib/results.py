@@ -130,12 +130,18 @@ def teacher_quality_table(res: dict):
     return pd.DataFrame(rows).set_index("run")
 
 
+def baseline_tasks(scores: list[dict], margin: float = 2.0) -> list[str]:
+    """Tasks on which no run beats the majority-class baseline (chance; 0 for correlations) by ``margin`` points."""
+    tasks = sorted({s["task"] for s in scores})
+    return [t for t in tasks
+            if all(s["mean"] <= (s.get("majority_baseline") or 0.0) + margin for s in scores if s["task"] == t)]
+
+
 def chance_check(scores: list[dict], margin: float = 2.0) -> str:
     """A sentence on which tasks no run beats the majority-class baseline (chance) by ``margin`` points:
     differences there are differences between degenerate classifiers, not transfer."""
     tasks = sorted({s["task"] for s in scores})
-    dead = [t for t in tasks
-            if all(s["mean"] <= (s.get("majority_baseline") or 0.0) + margin for s in scores if s["task"] == t)]
+    dead = baseline_tasks(scores, margin)
     if not dead:
         return "Every task has a model above its majority-class baseline."
     return (f"On {', '.join(dead)} ({len(dead)} of {len(tasks)} tasks) no model beats the majority-class baseline "

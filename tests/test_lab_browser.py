@@ -1,4 +1,5 @@
-"""Notebook 02 in JupyterLab, driven the way a person drives it: headless Chromium, Run > Run All Cells.
+"""Notebook 02 in JupyterLab, driven the way a person drives it: headless Chromium, Run > Run All Cells, then
+one step of the temperature slider.
 
 The server runs from this environment on a free port with a random token and an odd base URL, with its own
 config, data and runtime folders and a copy of the notebook in a temp root (so nothing writes into
@@ -170,8 +171,31 @@ def test_notebook_02_runs_in_jupyterlab(chromium, lab_server, tmp_path):
             assert not error_text, f"error output in the rendered notebook: {error_text}"
             kernel_label = page.locator(".jp-Toolbar-kernelName").first.inner_text()
             figures = page.locator(".jp-OutputArea-output img")
-            assert figures.count() >= 1, "no figure in the rendered notebook"
-            figures.last.scroll_into_view_if_needed()
+            assert figures.count() >= 2, "no figure in the rendered notebook"
+            # The knobs: two sliders whose view draws the figure and the gradient table. Moving the temperature
+            # slider by one step (keyboard, as a person would) redraws the table at the new temperature.
+            knobs = page.locator(".jupyter-widgets.widget-vbox").first
+            sliders = knobs.locator(".widget-slider")
+            assert sliders.count() == 2, "the temperature and soft-weight sliders are not rendered"
+            assert knobs.locator("img").count() == 1 and "tau = 1" in knobs.locator("table").inner_text()
+            knobs.evaluate("e => e.scrollIntoView({block: 'start'})")
+            table_shows = ("([e, s]) => e.querySelector('table') && "
+                           "e.querySelector('table').innerText.includes(s)")
+            sliders.first.locator(".noUi-handle").focus()
+            page.keyboard.press("ArrowRight")                      # log2 steps of 0.25: tau 1 -> 1.19
+            page.wait_for_function(table_shows, arg=[knobs.element_handle(), "tau = 1.19"], timeout=120_000)
+            # For the screenshot, typed into the sliders' readouts: the paper's Strong weight at tau = 4.
+            for k in (0, 1):
+                sliders.nth(k).locator(".widget-readout").click()
+                page.keyboard.press("Control+A")
+                page.keyboard.type("4")
+                page.keyboard.press("Enter")
+            try:
+                page.wait_for_function(table_shows, arg=[knobs.element_handle(), "(a_s = 4)"], timeout=120_000)
+            except sync_api.TimeoutError:
+                page.screenshot(path=str(shot))
+                pytest.fail(f"the soft-weight slider did not redraw the table: {knobs.inner_text()[:1500]}")
+            assert "tau = 4" in knobs.locator("table").inner_text()
             page.wait_for_timeout(500)
             shot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shot))

@@ -118,10 +118,16 @@ def test_notebooks_committed_clean_and_thin():
             tree = ast.parse(c.source)
             assert not any(isinstance(n, (ast.ClassDef, ast.For, ast.While)) for n in ast.walk(tree)), \
                 f"{p.name}: loops or classes belong in dwt_lib, not in a notebook cell"
+            # a "\tau" in a non-raw string is a tab: it printed "au" in a figure's labels
+            assert "\t" not in c.source, f"{p.name}: a tab in cell {c.id} (a '\\t' read as a tab? use a raw string)"
         params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
         assert len(params) == 1 and params[0] is code[0], f"{p.name}: the first code cell is the parameters cell"
         assigned = {t.id for n in ast.parse(params[0].source).body for t in n.targets}
-        assert assigned == {"profile", "overrides"}, f"{p.name}: parameters cell holds {assigned}"
+        # `interactive` switches the JupyterLab widgets on (default) or off (dwt reproduce)
+        assert {"profile", "overrides"} <= assigned <= {"profile", "overrides", "interactive"}, \
+            f"{p.name}: parameters cell holds {assigned}"
+        if any("explore." in c.source for c in code):
+            assert "interactive" in assigned, f"{p.name}: widgets without an `interactive` parameter"
 
 
 def test_reproduce_failing_cell_names_notebook_and_cell(tmp_path, monkeypatch, capsys):
