@@ -170,3 +170,14 @@ def test_over_training_says_when_every_model_is_at_the_baseline(tmp_path):
     top_of_panels = max(ax.title.get_window_extent(r).y1 for ax in (cola, sst2))
     assert fig._suptitle.get_window_extent(r).y0 >= top_of_panels          # the title clears the panel titles
     assert (tmp_path / "test" / "figures" / "04_soft_weight.png").exists()
+
+
+def test_reproduce_turns_the_widgets_off(tmp_path, monkeypatch):
+    import papermill as pm
+
+    from dwt_lib import reproduce
+    seen = []
+    monkeypatch.setattr(pm, "execute_notebook", lambda nb, out, **kw: seen.append(kw["parameters"]))
+    monkeypatch.setenv("DWT_OUTPUTS_DIR", str(tmp_path))
+    assert reproduce.reproduce("smoke", only=["02"]) == 0
+    assert seen == [{"profile": "smoke", "overrides": {}, "interactive": False}]
