@@ -34,9 +34,13 @@ BOOKKEEPING = ("log_every", "eval_every", "eval_batches", "checkpoint_every", "n
 def _base_key(cfg: Config, size: str) -> dict:
     # "shape" (the resolved BertConfig keywords) makes a profile's model.sizes part of the identity:
     # redefining a size's width in a profile is a different run, under the same name.
+    # "data" is the processed data's hash, not just cfg.data: it also changes with the data code version
+    # (e.g. a new tokenizer training) and with the dataset actually read (Hub, mirror stand-in, sample),
+    # each of which gives other token ids, so a run on other data never resumes or reuses this one.
+    from .data import data_hash
     from .models import resolve_size
     pretrain = {k: v for k, v in jsonable(cfg.pretrain).items() if k not in BOOKKEEPING}
-    return {"size": size, "shape": resolve_size(size, cfg.model.sizes), "data": cfg.data, "pretrain": pretrain,
+    return {"size": size, "shape": resolve_size(size, cfg.model.sizes), "data": data_hash(cfg.data), "pretrain": pretrain,
             "dropout": [cfg.model.hidden_dropout_prob, cfg.model.attention_probs_dropout_prob],
             "world_size": cfg.launch.num_processes}
 

@@ -147,3 +147,14 @@ def test_reproduce_failing_cell_names_notebook_and_cell(tmp_path, monkeypatch, c
     assert rc == 1
     assert "01_broken.ipynb failed at cell" in err and "bad cell here" in err
     assert (tmp_path / "out" / "smoke" / "notebooks" / "01_broken.ipynb").exists()
+
+
+def test_run_identity_follows_the_processed_data(monkeypatch):
+    """A change of the data code (another tokenizer) or of the dataset read gives another run id."""
+    from dwt_lib import data, studies
+    cfg = load_params("smoke")
+    before = studies.named_run(cfg, "student").id
+    monkeypatch.setattr(data, "DATA_CODE_VERSION", data.DATA_CODE_VERSION + 1)
+    assert studies.named_run(cfg, "student").id != before
+    monkeypatch.undo()
+    assert studies.named_run(cfg, "student").id == before
