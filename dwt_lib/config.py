@@ -127,6 +127,9 @@ class LaunchConfig:
     device: str = "auto"                     # "auto" | "cpu" | "cuda"
     num_threads: Optional[int] = None        # torch intra-op threads (None = default)
     tensorboard: bool = False                # also log to TensorBoard (runs/<id>/tensorboard), needs [tensorboard]
+    finetune_workers: int = 1                # fine-tuning runs at once (processes sharing the device)
+    peak_tflops: float = 312.0               # `dwt plan`: one device's dense bf16 peak (A100 312, H100/H200 989)
+    assumed_mfu: float = 0.40                # `dwt plan`: model-FLOP utilisation assumed for pre-training
 
 
 @dataclass(frozen=True)
@@ -393,6 +396,12 @@ def _check_values(obj: Any, src: str, prefix: str) -> None:
             _fail(src, p + "num_processes", "an integer >= 1", obj.num_processes)
         if obj.device not in ("auto", "cpu", "cuda"):
             _fail(src, p + "device", "one of auto, cpu, cuda", obj.device)
+        if obj.finetune_workers < 1:
+            _fail(src, p + "finetune_workers", "an integer >= 1", obj.finetune_workers)
+        if obj.peak_tflops <= 0:
+            _fail(src, p + "peak_tflops", "a positive number", obj.peak_tflops)
+        if not 0 < obj.assumed_mfu <= 1:
+            _fail(src, p + "assumed_mfu", "a fraction in (0, 1]", obj.assumed_mfu)
     elif isinstance(obj, Config):
         _check_models(obj, src)
 

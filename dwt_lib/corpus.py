@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
-import blingfire
-
 _WS = re.compile(r"\s+")
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
 _SENT_END = tuple('.!?"\'\u201d\u2019)]:;\u2026')
@@ -131,6 +129,7 @@ _TITLES = ("Mr.", "Mrs.", "Ms.", "Dr.", "St.", "Prof.", "Rev.", "Gen.", "Col.", 
 
 def split_sentences(paragraphs: Iterable[str]) -> list[str]:
     """Sentences of the given paragraphs, in order (blingfire; a sentence never spans paragraphs)."""
+    import blingfire          # here, not at the top: a machine that only reads a prepared cache needs no splitter
     out = []
     for p in paragraphs:
         start = len(out)

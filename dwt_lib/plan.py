@@ -3,7 +3,9 @@
 Tokens and optimizer steps come from the processed data when its cache exists, else from
 the paper's own figure (30M sentences after 1-in-4 sampling) and a stated tokens-per-sentence
 assumption. FLOPs follow :func:`dwt_lib.models.train_flops_per_sequence`; GPU-hours assume
-A100 bf16 dense peak (312 TFLOP/s) at a stated utilisation.
+A100 bf16 dense peak (312 TFLOP/s) at a stated utilisation. For a GPU profile, :func:`device_time`
+adds the expected wall time on the profile's own devices (``launch.peak_tflops`` at
+``launch.assumed_mfu``) and of its fine-tuning runs; ``bench/gpu_study.py`` measures both.
 """
 from __future__ import annotations
 
@@ -62,12 +64,15 @@ def make_plan(cfg: Config) -> dict:
                      "a100_hours": flops / (A100_BF16_PEAK * ASSUMED_MFU) / 3600,
                      "disk_bytes": run_disk_bytes(cfg, run.key["shape"])})
     ft_runs = len(cfg.finetune.tasks) * len(cfg.finetune.seeds)
-    return {"profile": cfg.profile, "blocks": n_blocks, "blocks_source": source, "world_size": world,
+    plan = {"profile": cfg.profile, "blocks": n_blocks, "blocks_source": source, "world_size": world,
             "global_batch": global_batch(cfg, world), "rows": rows,
             "total_pflop": sum(r.get("pflop", 0) for r in rows),
             "total_a100_hours": sum(r.get("a100_hours", 0) for r in rows),
             "total_disk_bytes": sum(r.get("disk_bytes", 0) for r in rows),
             "finetune_runs_per_snapshot": ft_runs, "assumed_mfu": ASSUMED_MFU}
+    if cfg.launch.device != "cpu":      # CPU profiles: the A100-hours above are the only device figure
+        plan["device_time"] = device_time(cfg, plan)
+    return plan
 
 
 def format_plan(plan: dict) -> str:
@@ -87,6 +92,8 @@ def format_plan(plan: dict) -> str:
                f"fine-tuning runs per pre-training snapshot")
     out.append(f"disk: {plan['total_disk_bytes'] / 1e9:.2f} GB for the checkpoints (last, previous, one being "
                f"written) and models of every run; runs check for room before they start")
+    if "device_time" in plan:
+        out.append(format_device_time(plan["device_time"]))
     return "\n".join(out)
 
 
@@ -165,3 +172,79 @@ def format_data_estimate(e: dict) -> str:
             f"{e['blocks_bytes'] / 1e9:.2f} GB on disk, {e['hours']:.2f} h on {e['cores']} core(s)"
             + (f" ({e['hours_64']:.2f} h on 64)" if "hours_64" in e else "") + " "
             f"({e['words_per_s_per_proc']:,.0f} words/s per process)")
+
+
+# ----------------------------------------------------------------------------- wall time on the profile's devices
+
+#: A fine-tuning step of a small BERT on a GPU is bound by kernel launches and host syncs, not by FLOPs:
+#: about this long at batch 32 whatever the width up to ~512 (bench/gpu_study.py measures it).
+ASSUMED_FINETUNE_STEP_S = 0.005
+#: Train split sizes of the Hub's GLUE, for a plan made without the data at hand.
+GLUE_TRAIN_SIZES = {"cola": 8551, "sst2": 67349, "mrpc": 3668, "stsb": 5749, "rte": 2490, "wnli": 635,
+                    "mnli": 392702, "qqp": 363846, "qnli": 104743}
+
+
+def finetune_jobs(cfg: Config) -> list[tuple[str, float, str, int]]:
+    """Every distinct fine-tuning run the three studies need: (pre-training run, fraction, task, seed).
+
+    Teacher quality: each of its runs at the end of pre-training on every task; soft weight and
+    remapping: each snapshot on the study tasks. Two names of one run (``soft-normal`` = ``dwt-weak``)
+    count once, as the registry trains them once."""
+    from .studies import finetune_run, study_runs
+    tasks = list(cfg.finetune.tasks)
+    over = [t for t in cfg.studies.soft_weight_tasks if t in tasks] or tasks
+    fractions = sorted(cfg.pretrain.snapshot_fractions)
+    wanted = [(n, 1.0, t) for n in study_runs(cfg, "teacher_quality") for t in tasks]
+    wanted += [(n, f, t) for s in ("soft_weight", "param_remap") for n in study_runs(cfg, s)
+               for f in fractions for t in over]
+    jobs, seen = [], set()
+    for name, frac, task in wanted:
+        for seed in cfg.finetune.seeds:
+            rid = finetune_run(cfg, name, task, seed, frac).id
+            if rid not in seen:
+                seen.add(rid)
+                jobs.append((name, frac, task, seed))
+    return jobs
+
+
+def finetune_steps(cfg: Config, task: str) -> int:
+    """Optimizer steps of one fine-tuning run on ``task`` (as :func:`dwt_lib.finetune.finetune` counts them)."""
+    import math
+    from .glue import split_size
+    ft = cfg.finetune
+    try:
+        n = split_size(task, "train", ft.source)
+    except Exception:              # no mirror and no Hub: the Hub's size
+        n = None
+    n = n if n is not None else GLUE_TRAIN_SIZES[task]
+    if ft.max_train_examples is not None:
+        n = min(n, ft.max_train_examples)
+    epochs = float(ft.epochs_per_task.get(task, ft.epochs))
+    return max(1, math.ceil(epochs * math.ceil(n / ft.batch_size)))
+
+
+def device_time(cfg: Config, plan: dict) -> dict:
+    """Expected wall time on the profile's devices (``launch``): pre-training from its FLOPs,
+    ``seconds = FLOPs / (assumed_mfu x peak_tflops x 1e12 x num_processes)``; fine-tuning from its
+    optimizer steps at :data:`ASSUMED_FINETUNE_STEP_S` each, ``finetune_workers`` runs at a time
+    (assumed to overlap fully). Data preparation and notebook start-up are not included."""
+    la = cfg.launch
+    rate = la.assumed_mfu * la.peak_tflops * 1e12 * la.num_processes
+    pretrain_s = plan["total_pflop"] * 1e15 / rate
+    steps = {t: finetune_steps(cfg, t) for t in cfg.finetune.tasks}
+    jobs = finetune_jobs(cfg)
+    ft_steps = sum(steps[t] for _, _, t, _ in jobs)
+    ft_s = ft_steps * ASSUMED_FINETUNE_STEP_S / la.finetune_workers
+    return {"peak_tflops": la.peak_tflops, "assumed_mfu": la.assumed_mfu, "devices": la.num_processes,
+            "pretrain_s": pretrain_s, "finetune_runs": len(jobs), "finetune_steps": ft_steps,
+            "finetune_steps_per_task": steps, "finetune_step_s": ASSUMED_FINETUNE_STEP_S,
+            "finetune_workers": la.finetune_workers, "finetune_s": ft_s, "total_s": pretrain_s + ft_s}
+
+
+def format_device_time(d: dict) -> str:
+    m = lambda s: f"{s:,.0f} s = {s / 60:.1f} min"  # noqa: E731
+    return (f"expected on {d['devices']} device(s) of {d['peak_tflops']:g} TFLOP/s bf16 peak at an assumed "
+            f"{d['assumed_mfu']:.0%} MFU: pre-training {m(d['pretrain_s'])}; fine-tuning {d['finetune_runs']} runs, "
+            f"{d['finetune_steps']:,} steps at an assumed {d['finetune_step_s'] * 1e3:g} ms, "
+            f"{d['finetune_workers']} at a time: {m(d['finetune_s'])}; total {m(d['total_s'])} "
+            f"(plus data preparation and notebook start-up)")

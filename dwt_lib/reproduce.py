@@ -34,6 +34,8 @@ def reproduce(profile: str, only: Optional[list[str]] = None, overrides: Optiona
 
     from .preflight import check_all
     cfg = load_params(profile, overrides)          # fail on a bad profile before starting a kernel
+    from .studies import check_device
+    check_device(cfg)                              # and on a GPU profile without a GPU
     check_all(cfg)                                 # and on unreadable data, names, disk, before any run
     out = outputs_dir(cfg) / "notebooks"
     out.mkdir(parents=True, exist_ok=True)

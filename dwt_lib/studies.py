@@ -119,6 +119,8 @@ def ensure_pretrained(cfg: Config, name: str, progress: bool = True) -> dict:
     run's lock and writes its result when the workers finish.
     """
     run = named_run(cfg, name)
+    if not run.finished():
+        check_device(cfg)
     if run.key.get("teacher") and not (run.finished() and pretrained_problem(run, run.result()) is None):
         ensure_pretrained(cfg, teacher_name(cfg, name), progress)     # a missing teacher model is restored here
 
@@ -189,9 +191,18 @@ def ensure_finetuned(cfg: Config, pretrain_name: str, task: str, seed: int, frac
 def study_scores(cfg: Config, names: list[str], tasks: list[str], fractions=(1.0,), progress: bool = True):
     """Fine-tuning results for every (run, fraction, task, seed), training what is missing.
 
+    With ``launch.finetune_workers > 1`` the missing fine-tuning runs go to that many worker
+    processes first (after the pre-training runs, trained here); the registry's locks and atomic
+    writes make that safe, and the results are the same as one at a time.
+
     Returns a list of result dicts (each with ``pretrain_run``, ``fraction``, ``task``, ``seed``,
     ``score``, ``metrics``), ready for :func:`dwt_lib.finetune.glue_scores` or a DataFrame.
     """
+    if cfg.launch.finetune_workers > 1:
+        for name in names:
+            ensure_pretrained(cfg, name, progress)
+        jobs = [(n, t, s, fr) for n in names for fr in fractions for t in tasks for s in cfg.finetune.seeds]
+        finetune_parallel(cfg, jobs, cfg.launch.finetune_workers, progress)
     out = []
     for name in names:
         for fr in fractions:
@@ -203,3 +214,51 @@ def study_scores(cfg: Config, names: list[str], tasks: list[str], fractions=(1.0
                         print(f"  {name:<22} @{fr:.2f} {task:<6} seed {seed}: {r['score']:.2f}")
                     out.append(r)
     return out
+
+
+def finetune_parallel(cfg: Config, jobs: list[tuple], workers: int, progress: bool = True) -> None:
+    """Run the unfinished fine-tuning ``jobs`` ((run name, task, seed, fraction)) in ``workers``
+    processes at once (spawned: each opens its own CUDA context). A fine-tuning step of a small BERT
+    is bound by kernel launches and host syncs, so on a GPU several processes overlap well; each
+    gets an equal share of the cores. The pre-training runs must be finished."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+    todo, seen = [], set()
+    for name, task, seed, fr in jobs:
+        run = finetune_run(cfg, name, task, seed, fr)
+        if not run.finished() and run.id not in seen:      # soft-normal = dwt-weak: once
+            seen.add(run.id)
+            todo.append((name, task, seed, fr))
+    if not todo:
+        return
+    workers = min(workers, len(todo))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    if progress:
+        print(f"[dwt] fine-tuning {len(todo)} runs, {workers} at a time", flush=True)
+    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        futs = [pool.submit(_finetune_job, cfg.to_dict(), job, threads) for job in todo]
+        for f in cf.as_completed(futs):
+            f.result()                       # re-raise a worker's error here
+
+
+def _finetune_job(cfg_dict: dict, job: tuple, threads: int) -> float:
+    import torch
+    from .config import config_from_dict
+    torch.set_num_threads(threads)
+    name, task, seed, fr = job
+    return ensure_finetuned(config_from_dict(cfg_dict), name, task, seed, fr)["score"]
+
+
+def check_device(cfg: Config) -> None:
+    """Fail at once, with the fix, when the profile asks for CUDA and this machine has none
+    (a :class:`~dwt_lib.config.ConfigError`: the CLI prints it as one line)."""
+    if cfg.launch.device != "cuda":
+        return
+    import torch
+    if not torch.cuda.is_available():
+        from .config import ConfigError
+        raise ConfigError(
+            f"profile {cfg.profile}: launch.device: cuda, but torch {torch.__version__} sees no CUDA GPU "
+            f"here. Run it on a GPU machine (`make reproduce PROFILE={cfg.profile}` installs a CUDA build of "
+            f"torch when nvidia-smi is present), or add --set launch.device=cpu to run it on the CPU anyway "
+            f"(many hours; `dwt plan --profile {cfg.profile}` shows the FLOPs).")
