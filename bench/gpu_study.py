@@ -4,7 +4,8 @@ For the profile (default ``gpu``) it times, on random blocks of the profile's vo
 length and batch, the library's training step for each distinct pre-training run kind: every
 teacher alone, the standalone student, and the student distilled from each teacher (``SparseMLM``
 + ``dwt_losses`` under the profile's precision, backward, clip, ``make_optimizer``'s AdamW, the
-step's host work: ``batch_indices``, ``mask_tokens`` on the CPU, the loss read back). Then one
+step's host work: ``batch_indices``, ``mask_tokens`` on the CPU in the loop's prefetch thread, the loss
+read back). Then one
 fine-tuning step of the student classifier (``classifier_logits``, AdamW, clip) at the profile's
 fine-tuning batch on GLUE-length rows, alone and with ``launch.finetune_workers`` processes at once.
 From the measured tokens/s and steps/s it recomputes the plan's wall time and prints it beside the
@@ -29,7 +30,7 @@ from dwt_lib.config import load_params
 from dwt_lib.data import SPECIAL_TOKENS, mask_tokens
 from dwt_lib.models import (SparseMLM, build_model, classifier_logits, resolve_size, train_flops_per_sequence,
                             use_device_attention)
-from dwt_lib.pretrain import batch_indices, dwt_losses, make_optimizer
+from dwt_lib.pretrain import Prefetcher, batch_indices, dwt_losses, make_optimizer
 
 SMOKE = {"model.sizes": {"s": {"layers": 2, "hidden": 32, "heads": 2}, "t": {"layers": 1, "hidden": 32, "heads": 2}},
          "model.student": "s", "model.teachers": {"weak": "t"}, "studies.teacher_quality": ["weak"],
@@ -64,10 +65,10 @@ def _model_kw(cfg):
 class PretrainStep:
     """One optimizer step of ``pretrain.train`` for a size, with or without a (frozen) teacher."""
 
-    def __init__(self, cfg, size: str, teacher: str | None, device, n_blocks: int):
+    def __init__(self, cfg, size: str, teacher: str | None, device, blocks: torch.Tensor):
         self.cfg, self.device, self.tok = cfg, device, _Ids(cfg.data.vocab_size)
         torch.manual_seed(0)
-        V, L = cfg.data.vocab_size, cfg.data.max_seq_length
+        V = cfg.data.vocab_size
         mlm = build_model(resolve_size(size, cfg.model.sizes), V, **_model_kw(cfg))
         use_device_attention(mlm, device)
         self.model = SparseMLM(mlm).to(device).train()
@@ -77,18 +78,19 @@ class PretrainStep:
             use_device_attention(t, device)
             self.teacher = SparseMLM(t).to(device)
         self.opt = make_optimizer(self.model, cfg)
-        self.blocks = torch.randint(len(SPECIAL_TOKENS), V, (n_blocks, L))
-        self.blocks[:, 0], self.blocks[:, -1] = 2, 3
-        self.n_blocks, self.step_i = n_blocks, 0
+        self.blocks, self.n_blocks, self.step_i = blocks, len(blocks), 0
         self.bf16 = cfg.pretrain.precision == "bf16"
+        self.batches = Prefetcher(self._batch, 10 ** 9)          # as the loop: the next batch in a thread
+
+    def _batch(self, s: int):
+        g = torch.Generator().manual_seed(s)
+        idx = batch_indices(s, self.n_blocks, self.cfg.pretrain.batch_size_per_device, self.cfg.pretrain.seed)
+        return mask_tokens(self.blocks[idx], self.tok, self.cfg.data.mlm_probability, g)
 
     def __call__(self) -> None:
         cfg, dev = self.cfg, self.device
-        gbs = cfg.pretrain.batch_size_per_device
-        idx = batch_indices(self.step_i, self.n_blocks, gbs, cfg.pretrain.seed)
-        g = torch.Generator().manual_seed(self.step_i)
+        ids, labels = self.batches.get(self.step_i)
         self.step_i += 1
-        ids, labels = mask_tokens(self.blocks[idx], self.tok, cfg.data.mlm_probability, g)
         ids, labels = ids.to(dev), labels.to(dev)
         attn = ids != self.tok.pad_token_id
         select = labels != -100
@@ -222,13 +224,16 @@ def main(argv=None) -> int:
     t0 = time.time()
     n_blocks = max(plan["blocks"], 2 * B) if not a.smoke else 4 * B
     res = {"device": name, "profile": cfg.profile, "kinds": {}}
+    blocks = torch.randint(len(SPECIAL_TOKENS), cfg.data.vocab_size, (n_blocks, L))    # [CLS] ... [SEP], no padding
+    blocks[:, 0], blocks[:, -1] = 2, 3
     for kind, (size, teacher) in run_kinds(cfg).items():
-        st = PretrainStep(cfg, size, teacher, device, n_blocks)
+        st = PretrainStep(cfg, size, teacher, device, blocks)
         s = time_steps(st, device, a.warmup, a.steps)
         r = {"s_per_step": s, "tokens_per_s": B * L / s, "mfu": st.flops() / s / peak}
         res["kinds"][kind] = r
         print(f"{kind:<24} {size:<16} {teacher or '':<16} {s * 1e3:8.2f} ms/step {r['tokens_per_s']:>12,.0f} tok/s "
               f"MFU {r['mfu']:.3f}", flush=True)
+        st.batches.close()
         del st
     ft = FinetuneStep(cfg, device)
     ft_s = time_steps(ft, device, a.warmup, 3 * a.steps)

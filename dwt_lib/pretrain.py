@@ -15,6 +15,7 @@ DWT (Eq. 3: a_h * MLM + a_s(t) * tau(t)^2 * KL(teacher || student)). Read it top
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -65,8 +66,37 @@ def batch_indices(step: int, n_blocks: int, gbs: int, seed: int) -> torch.Tensor
         raise ValueError(f"the training split has {n_blocks} blocks, fewer than one global batch of {gbs}: "
                          f"lower pretrain.batch_size_per_device or use more data")
     epoch, k = divmod(step, per_epoch)
-    perm = torch.randperm(n_blocks, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
-    return perm[k * gbs:(k + 1) * gbs]
+    return _epoch_permutation(n_blocks, seed, epoch)[k * gbs:(k + 1) * gbs]
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_permutation(n_blocks: int, seed: int, epoch: int) -> torch.Tensor:
+    # Once per epoch, not per step: a permutation of 157k blocks costs milliseconds of host time, which
+    # on a GPU is as long as a small model's whole step.
+    return torch.randperm(n_blocks, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+
+
+class Prefetcher:
+    """``get(step)`` returns ``make(step)`` and starts ``make(step + 1)`` in a background thread, so the
+    host prepares the next batch (indices, masking) while the device runs this one; torch releases the
+    GIL in its ops. ``make`` must be a pure function of the step: then prefetching changes no result."""
+
+    def __init__(self, make, total: int):
+        from concurrent.futures import ThreadPoolExecutor
+        self.make, self.total = make, total
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="dwt-prefetch")
+        self.pending: dict = {}
+
+    def get(self, step: int):
+        fut = self.pending.pop(step, None)
+        self.pending.clear()
+        out = fut.result() if fut is not None else self.make(step)
+        if step + 1 < self.total:
+            self.pending[step + 1] = self.pool.submit(self.make, step + 1)
+        return out
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def lr_lambda(warmup: int, total: int):
@@ -350,10 +380,14 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
         elapsed = (read_json_or_none(out / "progress.json", log=say) or {}).get("elapsed_s", 0.0)
     t_start = t_log = time.time()
     bar = tqdm(total=total, initial=step, disable=not (progress and main), desc=run.name, dynamic_ncols=True)
+
+    def make_batch(s: int):                      # the global batch of step s: a pure function of s
+        g = torch.Generator().manual_seed(pc.seed * MASK_SEED + s)
+        return mask_tokens(data.train[batch_indices(s, n_blocks, gbs, pc.seed)], tok, cfg.data.mlm_probability, g)
+
+    batches = Prefetcher(make_batch, total)    # on an error its thread ends with its one pending batch
     while step < total:
-        idx = batch_indices(step, n_blocks, gbs, pc.seed)
-        g = torch.Generator().manual_seed(pc.seed * MASK_SEED + step)
-        ids_all, labels_all = mask_tokens(data.train[idx], tok, cfg.data.mlm_probability, g)
+        ids_all, labels_all = batches.get(step)
         pad_all = ids_all != tok.pad_token_id
         # Normalise by the *global* token counts, so the gradient is the mean over every masked
         # token of the global batch whatever the number of processes or micro-steps (DDP averages
@@ -415,6 +449,7 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
         if step % pc.checkpoint_every == 0 or step == total:
             save_checkpoint()
     bar.close()
+    batches.close()
 
     final = evaluate_mlm(model, data.validation, tok, cfg, acc, autocast)
     if tb:

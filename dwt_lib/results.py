@@ -104,6 +104,8 @@ def _diff_se(a: list[float], b: list[float]) -> float:
 def _verdict(diff: float, se: float) -> str:
     if se != se:           # nan: one seed
         return "one seed, so no error bar"
+    if se == 0:            # every seed scored the same (e.g. all at the majority baseline)
+        return "the seeds agree exactly, so no error bar"
     return (f"{abs(diff) / se:.1f} standard errors, " +
             ("resolved" if abs(diff) > 2 * se else "not resolved at 2 standard errors"))
 

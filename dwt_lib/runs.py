@@ -105,15 +105,19 @@ def move_aside(path: Path) -> Path:
 # ----------------------------------------------------------------------------- provenance
 
 def git_commit() -> str:
-    """The repo's HEAD commit, with ``+dirty`` when tracked files changed; ``unknown`` outside git."""
+    """The repo's HEAD commit, with ``+dirty`` when tracked files changed. Outside git (a copy of the
+    working tree on another machine) ``$DWT_GIT_COMMIT`` when set (say where it came from), else ``unknown``."""
+    fallback = os.environ.get("DWT_GIT_COMMIT") or "unknown"
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
                              text=True, timeout=10).stdout.strip()
+        if not sha:
+            return fallback
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
                                capture_output=True, text=True, timeout=10).stdout.strip()
-        return (sha or "unknown") + ("+dirty" if dirty and sha else "")
+        return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return fallback
 
 
 def versions() -> dict:

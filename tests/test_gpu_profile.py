@@ -171,3 +171,20 @@ def test_gpu_bench_smoke(tmp_path):
     assert set(res["kinds"]) == {"teacher-weak", "student", "dwt-weak"}
     assert all(k["tokens_per_s"] > 0 for k in res["kinds"].values()) and res["finetune_s_per_step"] > 0
     assert res["total_s"] == pytest.approx(res["pretrain_s"] + res["finetune_s"] + res["overhead_s"])
+
+
+def test_git_commit_outside_git_comes_from_the_environment(tmp_path, monkeypatch):
+    # the GPU machine gets a copy of the working tree without .git: the commit travels in DWT_GIT_COMMIT
+    from dwt_lib import runs
+    monkeypatch.setattr(runs, "REPO", tmp_path)
+    monkeypatch.delenv("DWT_GIT_COMMIT", raising=False)
+    assert runs.git_commit() == "unknown"
+    monkeypatch.setenv("DWT_GIT_COMMIT", "abc123")
+    assert runs.git_commit() == "abc123"
+
+
+def test_verdict_with_identical_seeds():
+    # found by a tiny run of this profile: every seed at the majority baseline gives a zero standard error
+    from dwt_lib.results import _verdict
+    assert _verdict(0.0, 0.0) == "the seeds agree exactly, so no error bar"
+    assert "resolved" in _verdict(3.0, 1.0) and _verdict(1.0, float("nan")).startswith("one seed")
