@@ -251,14 +251,15 @@ def _finetune_job(cfg_dict: dict, job: tuple, threads: int) -> float:
 
 def check_device(cfg: Config) -> None:
     """Fail at once, with the fix, when the profile asks for CUDA and this machine has none
-    (a :class:`~dwt_lib.config.ConfigError`: the CLI prints it as one line)."""
+    (a :class:`~dwt_lib.errors.PreflightError`: the CLI prints it as one line)."""
     if cfg.launch.device != "cuda":
         return
     import torch
     if not torch.cuda.is_available():
-        from .config import ConfigError
-        raise ConfigError(
-            f"profile {cfg.profile}: launch.device: cuda, but torch {torch.__version__} sees no CUDA GPU "
-            f"here. Run it on a GPU machine (`make reproduce PROFILE={cfg.profile}` installs a CUDA build of "
-            f"torch when nvidia-smi is present), or add --set launch.device=cpu to run it on the CPU anyway "
-            f"(many hours; `dwt plan --profile {cfg.profile}` shows the FLOPs).")
+        from .errors import PreflightError
+        raise PreflightError(
+            f"profile {cfg.profile} sets launch.device: cuda, but torch {torch.__version__} sees no CUDA GPU here",
+            "launch.device",
+            f"run it on a GPU machine (`make reproduce PROFILE={cfg.profile}` installs a CUDA build of torch when "
+            f"nvidia-smi is present), or add --set launch.device=cpu to run it on the CPU anyway (many hours; "
+            f"`dwt plan --profile {cfg.profile}` shows the FLOPs)")

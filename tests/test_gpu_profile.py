@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from dwt_lib.config import ConfigError, load_params
+from dwt_lib.config import load_params
 from dwt_lib.studies import all_run_names, check_device, finetune_run, named_run, study_runs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -106,14 +106,16 @@ def test_cpu_profiles_print_no_device_time():
 
 def test_gpu_profile_refuses_a_machine_without_cuda(gpu, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ConfigError, match=r"launch\.device: cuda, but torch .* sees no CUDA GPU") as e:
+    from dwt_lib.errors import PreflightError
+    with pytest.raises(PreflightError, match=r"launch\.device: cuda, but torch .* sees no CUDA GPU") as e:
         check_device(gpu)
     assert "--set launch.device=cpu" in str(e.value)
     check_device(gpu.replace(**{"launch.device": "cpu"}))              # the stated way out
     from dwt_lib.cli import main
     assert main(["reproduce", "--profile", "gpu"]) == 2                # before any kernel starts
     err = capsys.readouterr().err.strip()
-    assert err.startswith("dwt: error: profile gpu: launch.device: cuda") and "\n" not in err
+    assert err.startswith("dwt: profile gpu sets launch.device: cuda") and "\n" not in err
+    assert err.endswith("shows the FLOPs)")
 
 
 # A tiny version of the gpu profile: its own settings (bf16, dropout 0, launch) with the smoke data (cached
