@@ -210,12 +210,12 @@ def finetune_jobs(cfg: Config) -> list[tuple[str, float, str, int]]:
 def finetune_steps(cfg: Config, task: str) -> int:
     """Optimizer steps of one fine-tuning run on ``task`` (as :func:`dwt_lib.finetune.finetune` counts them)."""
     import math
-    from .glue import split_size
+    from pathlib import Path
+
+    from .glue import _resolve, split_size
     ft = cfg.finetune
-    try:
-        n = split_size(task, "train", ft.source)
-    except Exception:              # no mirror and no Hub: the Hub's size
-        n = None
+    # the size in the local copy when there is one; else the Hub's (a plan downloads nothing)
+    n = split_size(task, "train", ft.source) if Path(_resolve(ft.source)).is_dir() else None
     n = n if n is not None else GLUE_TRAIN_SIZES[task]
     if ft.max_train_examples is not None:
         n = min(n, ft.max_train_examples)

@@ -118,11 +118,12 @@ def test_gpu_profile_refuses_a_machine_without_cuda(gpu, monkeypatch, capsys):
     assert err.endswith("shows the FLOPs)")
 
 
-# A tiny version of the gpu profile: its own settings (bf16, dropout 0, launch) with the smoke data (cached
-# by the other tests) and the gpu profile's size names redefined to width 32 through model.sizes.
+# A tiny version of the gpu profile: its own settings (bf16, dropout 0, launch) with the smoke data (the
+# package's sample, cached by the other tests) and the gpu profile's size names redefined to width 32 through model.sizes.
 def tiny_gpu(**extra):
+    from dwt_lib.config import jsonable
     smoke = load_params("smoke").data
-    data = {f"data.{f.name}": getattr(smoke, f.name) for f in dataclasses.fields(smoke) if f.name != "corpora"}
+    data = {f"data.{f.name}": jsonable(getattr(smoke, f.name)) for f in dataclasses.fields(smoke)}
     tiny = {"gpu-student": {"layers": 2, "hidden": 32, "heads": 2}, "gpu-teacher-4l": {"layers": 1, "hidden": 32, "heads": 2},
             "gpu-teacher-2l": {"layers": 1, "hidden": 32, "heads": 2}, "gpu-teacher-1l": {"layers": 1, "hidden": 32, "heads": 2}}
     return load_params("gpu", {**data, "model.sizes": tiny, "launch.device": "cpu", "launch.finetune_workers": 2,
