@@ -100,6 +100,8 @@ class FinetuneConfig:
     lr: float = 2e-5
     epochs: float = 3.0
     epochs_per_task: dict = field(default_factory=lambda: {"mrpc": 5.0})
+    lr_per_task: dict = field(default_factory=dict)                 # task -> lr (else ``lr``)
+    max_train_examples_per_task: dict = field(default_factory=dict)  # task -> cap or null = all (else the cap below)
     batch_size: int = 32
     max_seq_length: int = 128
     weight_decay: float = 0.0
@@ -388,6 +390,7 @@ def _check_values(obj: Any, src: str, prefix: str) -> None:
             _fail(src, p + "batch_size", "an integer >= 1", obj.batch_size)
         if not obj.seeds:
             _fail(src, p + "seeds", "at least one seed", [])
+        _check_per_task(obj, src, p)
     elif isinstance(obj, StudiesConfig):
         for name, spec in obj.soft_weight.items():
             _check_schedule(spec, src, f"{p}soft_weight.{name}", positive=False)
@@ -404,6 +407,28 @@ def _check_values(obj: Any, src: str, prefix: str) -> None:
             _fail(src, p + "assumed_mfu", "a fraction in (0, 1]", obj.assumed_mfu)
     elif isinstance(obj, Config):
         _check_models(obj, src)
+
+
+def _check_per_task(ft: FinetuneConfig, src: str, p: str) -> None:
+    """Per-task settings name known GLUE tasks and hold positive numbers (caps: integers >= 1 or null)."""
+    from .glue import TASKS
+    for k in ("epochs_per_task", "lr_per_task", "max_train_examples_per_task"):
+        for task, v in getattr(ft, k).items():
+            if task not in TASKS:
+                _fail(src, f"{p}{k}.{task}", f"a GLUE task name ({', '.join(TASKS)})", task)
+            if isinstance(v, str) and k != "max_train_examples_per_task":   # YAML 1.1 reads "5e-5" as a string
+                try:
+                    v = getattr(ft, k)[task] = float(v)
+                except ValueError:
+                    pass
+            if k == "max_train_examples_per_task":
+                if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                    _fail(src, f"{p}{k}.{task}", "an integer >= 1 or null (the whole training set)", v)
+            elif isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+                _fail(src, f"{p}{k}.{task}", "a positive number", v)
+    for k in ("max_train_examples", "max_eval_examples"):
+        if getattr(ft, k) is not None and getattr(ft, k) < 1:
+            _fail(src, p + k, "an integer >= 1 or null (the whole split)", getattr(ft, k))
 
 
 def _check_schedule(spec: dict, src: str, key: str, positive: bool) -> None:

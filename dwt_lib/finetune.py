@@ -35,6 +35,22 @@ def _pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def task_settings(cfg_finetune, task: str) -> dict:
+    """The settings one task is fine-tuned with: the profile's ``finetune`` section with the per-task
+    keys (``lr_per_task``, ``epochs_per_task``, ``max_train_examples_per_task``) resolved for ``task``
+    and dropped. This dict is what a fine-tuning run's identity hashes, so changing CoLA's learning
+    rate leaves the SST-2 runs as they are."""
+    from dataclasses import asdict
+    ft = _finetune_cfg(cfg_finetune)
+    name = get_task(task).name
+    out = {k: v for k, v in asdict(ft).items()
+           if k not in ("tasks", "seeds", "lr_per_task", "epochs_per_task", "max_train_examples_per_task")}
+    out["lr"] = float(ft.lr_per_task.get(name, ft.lr))
+    out["epochs"] = float(ft.epochs_per_task.get(name, ft.epochs))
+    out["max_train_examples"] = ft.max_train_examples_per_task.get(name, ft.max_train_examples)
+    return out
+
+
 def build_classifier(model_path_or_model, task: str, seed: int):
     """A ``BertForSequenceClassification`` for ``task`` whose encoder holds the pre-trained weights.
 
@@ -84,8 +100,10 @@ def finetune(model_path_or_model, task: str, cfg_finetune, tokenizer, seed: int,
              device: str = "cpu", progress: bool = True) -> dict:
     """Fine-tune a pre-trained checkpoint on one GLUE task and score it on the validation split.
 
-    Settings come from ``cfg_finetune`` (a ``FinetuneConfig`` or a whole ``Config``): lr,
-    epochs (``epochs_per_task`` overrides; fractional epochs stop mid-epoch), batch size,
+    Settings come from ``cfg_finetune`` (a ``FinetuneConfig`` or a whole ``Config``) through
+    :func:`task_settings`: lr (``lr_per_task`` overrides), epochs (``epochs_per_task`` overrides;
+    fractional epochs stop mid-epoch), the training cap (``max_train_examples_per_task`` overrides
+    ``max_train_examples``; null = the whole training set), batch size,
     max_seq_length, weight decay (not on biases and LayerNorm, as HF), warm-up fraction,
     precision (bf16 autocast for the forward pass, loss in float32), max train/eval examples,
     source. ``seed`` fixes the head initialisation, dropout and the shuffling.
@@ -100,6 +118,7 @@ def finetune(model_path_or_model, task: str, cfg_finetune, tokenizer, seed: int,
     t0 = time.perf_counter()
     ft = _finetune_cfg(cfg_finetune)
     t = get_task(task)
+    ts = task_settings(ft, t.name)
     dev = _pick_device(device)
     set_seed(seed)
 
@@ -113,7 +132,7 @@ def finetune(model_path_or_model, task: str, cfg_finetune, tokenizer, seed: int,
     use_device_attention(model, dev)       # CPU: bf16 matmuls + fp32 softmax (faster than SDPA there)
 
     # ---- data
-    train = load_glue(t.name, tokenizer, ft.max_seq_length, "train", ft.source, ft.max_train_examples)
+    train = load_glue(t.name, tokenizer, ft.max_seq_length, "train", ft.source, ts["max_train_examples"])
     val = load_glue(t.name, tokenizer, ft.max_seq_length, "validation", ft.source, ft.max_eval_examples)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     collate_fn = lambda b: collate(b, pad_id)  # noqa: E731
@@ -127,8 +146,8 @@ def finetune(model_path_or_model, task: str, cfg_finetune, tokenizer, seed: int,
     decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
     no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": ft.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=ft.lr)
-    epochs = float(ft.epochs_per_task.get(t.name, ft.epochs))
+                             {"params": no_decay, "weight_decay": 0.0}], lr=ts["lr"])
+    epochs = ts["epochs"]
     total_steps = max(1, math.ceil(epochs * len(train_loader)))
     sched = get_linear_schedule_with_warmup(opt, int(ft.warmup_fraction * total_steps), total_steps)
     use_bf16 = ft.precision == "bf16"
@@ -171,7 +190,7 @@ def finetune(model_path_or_model, task: str, cfg_finetune, tokenizer, seed: int,
     metrics = compute_metrics(t.name, preds, val.labels)
     result = dict(task=t.name, seed=seed, metrics=metrics, score=metrics["score"],
                   majority_baseline=majority_baseline(t.name, train.labels, val.labels),
-                  n_train=len(train), n_eval=len(val), steps=total_steps, epochs=epochs,
+                  n_train=len(train), n_eval=len(val), steps=total_steps, epochs=epochs, lr=ts["lr"],
                   wall_time_s=time.perf_counter() - t0,
                   examples_per_s=seen / train_time if train_time > 0 else float("nan"))
     if progress:

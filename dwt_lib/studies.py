@@ -156,10 +156,10 @@ def _launch_workers(cfg: Config, run: Run) -> dict:
 
 def finetune_run(cfg: Config, pretrain_name: str, task: str, seed: int, fraction: float = 1.0) -> Run:
     """The fine-tuning run of one pre-training snapshot on one task with one seed."""
+    from .finetune import task_settings
     base = named_run(cfg, pretrain_name)
-    ft = {k: v for k, v in cfg.finetune.__dict__.items() if k not in ("tasks", "seeds")}
     key = jsonable({"pretrain": base.id, "fraction": round(fraction, 4), "task": task, "seed": seed,
-                     "finetune": ft})
+                     "finetune": task_settings(cfg.finetune, task)})
     return Run(kind="finetune", name=f"{pretrain_name}@{fraction:.2f}/{task}/s{seed}", key=key,
                root=outputs_dir(cfg))
 

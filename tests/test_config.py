@@ -73,6 +73,12 @@ def test_overrides_apply_and_validate():
     ("distill:\n  temperature: {kind: linear, start: 1.0, end: -1.0}\n", "distill.temperature",
      "a schedule of positive values"),
     ("distill:\n  alpha_soft: {kind: linear, start: 4}\n", "distill.alpha_soft", "takes keys"),
+    ("finetune:\n  lr_per_task: {colaa: 1.0e-4}\n", "finetune.lr_per_task.colaa", "a GLUE task name"),
+    ("finetune:\n  lr_per_task: {cola: 0}\n", "finetune.lr_per_task.cola", "a positive number"),
+    ("finetune:\n  epochs_per_task: {rte: fast}\n", "finetune.epochs_per_task.rte", "a positive number"),
+    ("finetune:\n  max_train_examples_per_task: {sst2: 0.5}\n", "finetune.max_train_examples_per_task.sst2",
+     "an integer >= 1 or null"),
+    ("finetune:\n  max_eval_examples: 0\n", "finetune.max_eval_examples", "an integer >= 1 or null"),
 ])
 def test_errors_name_file_and_key(tmp_path, body, key, what):
     path = _child(tmp_path, body)
@@ -167,3 +173,21 @@ def test_short_hash_ignores_key_order_and_tracks_values(tmp_path):
     assert ca.short_hash() == cb.short_hash()
     assert ca.replace(**{"pretrain.seed": 8}).short_hash() != ca.short_hash()
     assert load_params(a, {"pretrain.lr": 2e-3}).short_hash() != ca.short_hash()
+
+
+def test_per_task_finetune_settings_resolve_per_task(tmp_path):
+    """lr / epochs / training cap per task; YAML's "5e-5" string read as a number; a fine-tuning run's
+    identity holds only its own task's settings."""
+    from dwt_lib import studies
+    from dwt_lib.finetune import task_settings
+    path = _child(tmp_path, "finetune:\n  tasks: [sst2, cola]\n  lr: 1.0e-4\n  max_train_examples: 64\n"
+                  "  lr_per_task: {cola: 5e-5}\n  epochs_per_task: {cola: 3}\n"
+                  "  max_train_examples_per_task: {sst2: 20000, cola: null}\n")
+    cfg = load_params(path)
+    cola, sst2 = task_settings(cfg.finetune, "cola"), task_settings(cfg.finetune, "sst2")
+    assert (cola["lr"], cola["epochs"], cola["max_train_examples"]) == (5e-5, 3.0, None)
+    assert (sst2["lr"], sst2["epochs"], sst2["max_train_examples"]) == (1e-4, cfg.finetune.epochs, 20000)
+    assert "lr_per_task" not in cola and "tasks" not in cola
+    other = cfg.replace(**{"finetune.lr_per_task": {"cola": 2e-5}})
+    same = lambda t: studies.finetune_run(cfg, "student", t, 1).id == studies.finetune_run(other, "student", t, 1).id
+    assert same("sst2") and not same("cola")

@@ -73,10 +73,12 @@ def test_vocab_mismatch_is_a_clear_error(tokenizer, smoke_ft):
 
 def test_smoke_profile_runs_each_path(tokenizer, smoke_ft):
     """Regression (STS-B) and bf16 autocast paths end to end, on a handful of examples."""
-    cfg = dataclasses.replace(smoke_ft, max_train_examples=32, max_eval_examples=24, precision="bf16")
+    # per-task settings win over the profile-wide ones (lr, training cap)
+    cfg = dataclasses.replace(smoke_ft, max_train_examples=5000, max_eval_examples=24, precision="bf16",
+                              max_train_examples_per_task={"stsb": 32, "sst2": None}, lr_per_task={"stsb": 3e-4})
     r = ft_mod.finetune(_tiny(len(tokenizer), "tiny-teacher-1l"), "stsb", cfg, tokenizer, seed=1,
                         progress=False)
-    assert r["task"] == "stsb" and r["n_train"] == 32 and r["n_eval"] == 24
+    assert r["task"] == "stsb" and r["n_train"] == 32 and r["n_eval"] == 24 and r["lr"] == 3e-4
     assert set(r["metrics"]) == {"pearson", "spearmanr", "score"} and r["majority_baseline"] == 0.0
     assert r["examples_per_s"] > 0 and r["wall_time_s"] > 0
 
