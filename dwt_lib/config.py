@@ -120,6 +120,7 @@ class StudiesConfig:
     soft_weight_tasks: tuple[str, ...] = ("mnli", "cola", "qqp", "sst2")
     soft_weight_teacher: str = "weak"
     param_remap_teacher: str = "weak"
+    pretrain_seeds: dict = field(default_factory=dict)  # run name -> pre-training seeds (pretrain.seed always one)
 
 
 @dataclass(frozen=True)
@@ -467,11 +468,24 @@ def _check_models(cfg: Config, src: str) -> None:
         if role not in cfg.model.teachers:
             raise ConfigError(f"{src}: studies.teacher_quality: teacher {role!r} is not in model.teachers "
                               f"({', '.join(cfg.model.teachers)})")
+    _check_pretrain_seeds(cfg, src)
     for k in ("param_remap_teacher", "soft_weight_teacher"):
         role = getattr(cfg.studies, k)
         if role not in cfg.model.teachers:
             raise ConfigError(f"{src}: studies.{k}: teacher {role!r} is not in model.teachers "
                               f"({', '.join(cfg.model.teachers)})")
+
+
+def _check_pretrain_seeds(cfg: Config, src: str) -> None:
+    from .studies import arm_names
+    known = arm_names(cfg) if cfg.studies.pretrain_seeds else []
+    for name, seeds in cfg.studies.pretrain_seeds.items():
+        key = f"studies.pretrain_seeds.{name}"
+        if name not in known:
+            _fail(src, key, f"a run name of this profile ({', '.join(known)})", name)
+        if (not isinstance(seeds, list) or not seeds
+                or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)):
+            _fail(src, key, "a non-empty list of integer seeds >= 0", seeds)
 
 
 def config_from_dict(d: dict, src: str = "<config.json>") -> Config:

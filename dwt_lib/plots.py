@@ -83,6 +83,47 @@ def teacher_quality(result_path: Path):
     return fig
 
 
+def premise_curves(result_path: Path):
+    """The paper's premise (teachers worse than the standalone student): held-out MLM loss and masked-token
+    accuracy against tokens seen for the standalone student (every pre-training seed) and each teacher,
+    from the curves in ``results/teacher_quality.json``; the verdict of :func:`dwt_lib.premise.premise`
+    in the title."""
+    from .premise import premise
+    from .studies import split_seed
+    res = read_json(result_path)
+    p = premise(res)
+    blues = ["#1f3b73", "#4C72B0", "#8fb0e0", "#c5d6f0"]
+    colour = {n: blues[min(i, len(blues) - 1)] for i, n in enumerate(p["order"][1:])}
+    colour["student"] = COLORS["student"]
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+        for run, curve in res.get("curves", {}).items():
+            arm, seed = split_seed(run)
+            if not curve or arm not in colour:
+                continue
+            x = [c["tokens"] / 1e6 for c in curve]
+            label = None if seed is not None else (f"{arm} ({len(p['student_seeds'])} pre-training seed(s))"
+                                                   if arm == "student" else arm)
+            kw = dict(color=colour[arm], lw=2 if arm == "student" else 1.4, ls="--" if seed is not None else "-",
+                      marker=".", label=label)
+            axes[0].plot(x, [c["mlm_loss"] for c in curve], **kw)
+            axes[1].plot(x, [100 * c["mlm_accuracy"] for c in curve], **kw)
+        axes[0].set_ylabel("held-out MLM loss (nats)")
+        axes[1].set_ylabel("held-out masked-token accuracy (%)")
+        for ax in axes:
+            ax.set_xlabel("tokens seen (M)")
+        axes[0].legend(fontsize=8)
+        gaps = ", ".join(f"{g['gap']:+.3f}" for g in p["gaps"])
+        verdict = "holds" if p["holds"] else "does not hold"
+        need = (f"needed ≥ {p['required_gap']:.3f}" if p["required_gap"] == p["required_gap"]
+                else "one pre-training seed: spread unknown")
+        fig.suptitle(f"Premise {verdict}: final held-out loss gaps, student to each weaker teacher in turn, {gaps} "
+                     f"nats ({need}); {res['provenance']['profile']} profile", fontsize=10)
+        fig.tight_layout()
+        save(fig, result_path, "03_premise")
+    return fig
+
+
 def over_training(result_path: Path, name: str):
     """Fig. 3 / 4: per-task fine-tuning score at each pre-training snapshot, one panel per task,
     mean over seeds with the seed range shaded. A task on which no model beats its majority-class baseline

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import preflight
+from . import preflight, spread
 from .config import Config
 from .glue import glue_average
+from .premise import premise_check  # noqa: F401  (re-exported: the summary's first sentence)
 from .runs import outputs_dir, read_json, write_result
-from .studies import ensure_pretrained, named_run, study_runs, study_scores
+from .studies import ensure_pretrained, named_run, pretrain_seed, seed_runs, split_seed, study_runs, study_scores
 
 #: What the paper reports (Fig. 2 and Sec. 3.1), shown beside our numbers and labelled as the paper's.
 PAPER_FIG2 = {
@@ -37,18 +38,51 @@ def _pretrain_summary(cfg: Config, name: str) -> dict:
             "train_time_s": res.get("train_time_s", res["provenance"]["wall_time_s"])}
 
 
+def _arm_summary(cfg: Config, name: str) -> dict:
+    """An arm over its pre-training seeds (:func:`~dwt_lib.studies.seed_runs`): the first seed's run
+    summary, with MLM loss and accuracy replaced by their means over seeds and the seeds' values kept."""
+    names = seed_runs(cfg, name)
+    each = [_pretrain_summary(cfg, n) for n in names]
+    out = dict(each[0], pretrain_seeds=[pretrain_seed(cfg, n) for n in names], seed_run_ids=[e["id"] for e in each])
+    for k in ("mlm_loss", "mlm_accuracy"):
+        vals = [e[k] for e in each]
+        out.update({k: sum(vals) / len(vals), f"{k}_seeds": vals, f"{k}_spread": spread.seed_spread(vals)})
+    return out
+
+
 def _task_scores(ft: list[dict]) -> list[dict]:
-    """Per (run, fraction, task): mean and std of the score over seeds, and the seeds' scores."""
+    """Per (arm, fraction, task): the mean over every (pre-training, fine-tuning) seed pair; ``std`` over
+    fine-tuning seeds (of their means over pre-training seeds) and ``std_pretrain`` over pre-training seeds
+    (None with one); the pairs' ``scores`` with parallel ``pretrain_seeds`` and ``finetune_seeds``."""
     import pandas as pd
-    df = pd.DataFrame([{"run": r["pretrain_run"], "fraction": r["fraction"], "task": r["task"],
-                        "seed": r["seed"], "score": r["score"],
+    df = pd.DataFrame([{"run": split_seed(r["pretrain_run"])[0], "fraction": r["fraction"], "task": r["task"],
+                        "pretrain_seed": r.get("pretrain_seed", 0), "seed": r["seed"], "score": r["score"],
                         "majority_baseline": r.get("majority_baseline")} for r in ft])
-    g = df.groupby(["run", "fraction", "task"], sort=False)
-    out = g["score"].agg(["mean", "std", "count"]).reset_index()
-    out["std"] = out["std"].fillna(0.0)
-    out["scores"] = g["score"].apply(list).values
-    out["majority_baseline"] = g["majority_baseline"].mean().values
-    return out.to_dict("records")
+    out = []
+    for (run, fraction, task), g in df.groupby(["run", "fraction", "task"], sort=False):
+        g = g.sort_values(["pretrain_seed", "seed"])
+        by_ft, by_pt = g.groupby("seed")["score"].mean(), g.groupby("pretrain_seed")["score"].mean()
+        sd_pt = spread.seed_spread(by_pt.tolist())
+        out.append({"run": run, "fraction": fraction, "task": task, "mean": float(g["score"].mean()),
+                    "std": float(by_ft.std()) if len(by_ft) > 1 else 0.0, "count": len(by_ft),
+                    "std_pretrain": None if sd_pt != sd_pt else sd_pt, "n_pretrain_seeds": len(by_pt),
+                    "scores": g["score"].tolist(), "pretrain_seeds": g["pretrain_seed"].tolist(),
+                    "finetune_seeds": g["seed"].tolist(), "majority_baseline": g["majority_baseline"].mean()})
+    return out
+
+
+def _arm_seed_averages(scores: list[dict], run: str, fraction: float = 1.0) -> tuple[list[float], list[float]]:
+    """An arm's task-averaged scores per fine-tuning seed and per pre-training seed (for :mod:`spread`)."""
+    _, m = spread.seed_matrix([s for s in scores if s["run"] == run and s["fraction"] == fraction])
+    return m.mean(axis=0).tolist(), m.mean(axis=1).tolist()
+
+
+def eval_curve(cfg: Config, name: str) -> list[dict]:
+    """Held-out MLM loss and accuracy against tokens seen, from a finished run's log."""
+    res = ensure_pretrained(cfg, name)
+    per_step = res["tokens_seen"] / max(res["steps"], 1)
+    return [{"step": r["step"], "tokens": r["step"] * per_step, "mlm_loss": r["eval_mlm_loss"],
+             "mlm_accuracy": r["eval_mlm_accuracy"]} for r in read_log(cfg, name) if "eval_mlm_loss" in r]
 
 
 def read_log(cfg: Config, name: str) -> list[dict]:
@@ -63,63 +97,50 @@ def teacher_quality(cfg: Config, progress: bool = True) -> dict:
     """Teacher-quality study (paper Fig. 2): pre-train teachers, standalone and DWT students,
     fine-tune each on the profile's tasks, and write ``results/teacher_quality.json``."""
     names = study_runs(cfg, "teacher_quality")
-    preflight.check(cfg, names, list(cfg.finetune.tasks), [1.0])       # before any training step
-    runs = {n: _pretrain_summary(cfg, n) for n in names}
+    all_runs = [r for n in names for r in seed_runs(cfg, n)]
+    preflight.check(cfg, all_runs, list(cfg.finetune.tasks), [1.0])       # before any training step
+    runs = {n: _arm_summary(cfg, n) for n in names}
     tasks = list(cfg.finetune.tasks)
-    scores = _task_scores(study_scores(cfg, names, tasks, (1.0,), progress))
+    scores = _task_scores(study_scores(cfg, all_runs, tasks, (1.0,), progress))
     for n in names:
         per_task = {s["task"]: s["mean"] for s in scores if s["run"] == n}
         runs[n]["glue_avg"] = glue_average(per_task)
-        runs[n]["glue_avg_per_seed"] = _per_seed_average([s for s in scores if s["run"] == n])
+        runs[n]["glue_avg_per_seed"], runs[n]["glue_avg_per_pretrain_seed"] = _arm_seed_averages(scores, n)
         runs[n]["per_task"] = per_task
     base = runs["student"]["glue_avg"]
     roles = list(cfg.studies.teacher_quality)
+    seeds = lambda n: (runs[n]["glue_avg_per_seed"], runs[n]["glue_avg_per_pretrain_seed"])  # noqa: E731
+    gain = {r: spread.compare(seeds(f"dwt-{r}"), seeds("student")) for r in roles}
     payload = {
         "study": "teacher_quality", "tasks": tasks, "seeds": list(cfg.finetune.seeds), "runs": runs,
+        "pretrain_seeds": {n: runs[n]["pretrain_seeds"] for n in names},
         "scores": scores, "roles": roles,
         "dwt_gain": {r: runs[f"dwt-{r}"]["glue_avg"] - base for r in roles},
-        "dwt_gain_se": {r: _diff_se(runs[f"dwt-{r}"]["glue_avg_per_seed"], runs["student"]["glue_avg_per_seed"])
-                        for r in roles},
+        "dwt_gain_se": {r: gain[r]["se_finetune"] for r in roles},
+        "dwt_gain_compare": gain,
         "teacher_gap": {r: runs[f"teacher-{r}"]["glue_avg"] - base for r in roles},
+        "curves": {r: eval_curve(cfg, r) for n in ["student"] + [f"teacher-{x}" for x in roles]
+                   for r in seed_runs(cfg, n)},
         "size_ratio": {r: runs[f"teacher-{r}"]["params"] / runs["student"]["params"] for r in roles},
         "paper": PAPER_FIG2,
     }
     return write_result(result_path(cfg, "teacher_quality"), cfg, payload)
 
 
-def _per_seed_average(task_scores: list[dict]) -> list[float]:
-    """The GLUE average of each fine-tuning seed (tasks averaged per seed)."""
-    import numpy as np
-    return np.mean([s["scores"] for s in task_scores], axis=0).tolist() if task_scores else []
-
-
-def _diff_se(a: list[float], b: list[float]) -> float:
-    """Standard error of mean(a) - mean(b) over fine-tuning seeds (nan with one seed)."""
-    import numpy as np
-    if min(len(a), len(b)) < 2:
-        return float("nan")
-    return float(np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b)))
-
-
-def _verdict(diff: float, se: float) -> str:
-    if se != se:           # nan: one seed
-        return "one seed, so no error bar"
-    if se == 0:            # every seed scored the same (e.g. all at the majority baseline)
-        return "the seeds agree exactly, so no error bar"
-    return (f"{abs(diff) / se:.1f} standard errors, " +
-            ("resolved" if abs(diff) > 2 * se else "not resolved at 2 standard errors"))
-
-
 def teacher_quality_table(res: dict):
-    """Per-task scores (mean +- std over seeds) of every run, with the GLUE average and the paper's."""
+    """Per-task scores (mean ± std over fine-tuning seeds) of every arm, with the GLUE average, its spread
+    over fine-tuning seeds and over pre-training seeds (sample std; empty with one seed), and the paper's."""
     import pandas as pd
     rows = []
     for name, r in res["runs"].items():
-        row = {"run": name, "params (M)": r["params"] / 1e6, "MLM loss": r["mlm_loss"]}
+        row = {"run": name, "params (M)": r["params"] / 1e6, "MLM loss": r["mlm_loss"],
+               "pre-training seeds": len(r.get("pretrain_seeds", [None]))}
         for s in res["scores"]:
             if s["run"] == name:
                 row[s["task"]] = f"{s['mean']:.1f} ± {s['std']:.1f}" if s["count"] > 1 else f"{s['mean']:.1f}"
         row["GLUE avg"] = r["glue_avg"]
+        row["sd (fine-tuning seeds)"] = spread.seed_spread(r.get("glue_avg_per_seed", []))
+        row["sd (pre-training seeds)"] = spread.seed_spread(r.get("glue_avg_per_pretrain_seed", []))
         role = name.split("-", 1)[1] if "-" in name else None
         paper = res["paper"]
         if name == "student":
@@ -152,43 +173,28 @@ def chance_check(scores: list[dict], margin: float = 2.0) -> str:
                                                                  len(dead) * 2 >= len(tasks) else "."))
 
 
-def premise_check(res: dict) -> str:
-    """A sentence on the paper's premise, from the held-out MLM losses: are the teachers ordered by
-    size (bigger = better), and is the standalone student better than every teacher?"""
-    loss = {r: res["runs"][f"teacher-{r}"]["mlm_loss"] for r in res["roles"]}
-    student = res["runs"]["student"]["mlm_loss"]
-    by_size = sorted(res["roles"], key=lambda r: -res["size_ratio"][r])
-    ordered = all(loss[a] < loss[b] for a, b in zip(by_size, by_size[1:]))
-    text = ("Held-out MLM loss after pre-training (lower is better): "
-            + ", ".join(f"{r.replace('_', ' ')} teacher {loss[r]:.3f}" for r in by_size)
-            + f", standalone student {student:.3f}. ")
-    text += ("The teachers are ordered by size, as the paper's premise needs" if ordered else
-             "The teachers are not ordered by size, so this run does not have the paper's three teacher qualities")
-    weaker = [r for r in by_size if loss[r] > student]
-    text += ("; every teacher is weaker than the standalone student." if len(weaker) == len(by_size) else
-             f"; {len(by_size) - len(weaker)} of {len(by_size)} teachers are better than the standalone student, "
-             "so for those this is not distillation from a weaker model.")
-    return text
-
-
 def teacher_quality_summary(res: dict) -> str:
     """One paragraph, generated from the numbers, comparing this run's gains with the paper's."""
     base = res["runs"]["student"]["glue_avg"]
+    n_pt = len(res["runs"]["student"].get("pretrain_seeds", [None]))
     parts = [premise_check(res),
              f"The standalone student scores {base:.2f} (GLUE average over {', '.join(res['tasks'])}; "
-             f"{len(res['seeds'])} seed(s))."]
+             f"{len(res['seeds'])} fine-tuning seed(s), {n_pt} pre-training seed(s))."]
     agree = resolved_agree = 0
     for r in res["roles"]:
-        g, pg, se = res["dwt_gain"][r], res["paper"]["dwt_gain"][r], res["dwt_gain_se"][r]
+        g, pg = res["dwt_gain"][r], res["paper"]["dwt_gain"][r]
+        cmp = res.get("dwt_gain_compare", {}).get(r) or {   # result files from before pre-training seeds
+            "resolved": False, "verdict": spread.verdict(g, res["dwt_gain_se"][r], float("nan"))}
         same = (g > 0) == (pg > 0) and g != 0
         agree += same
-        resolved_agree += same and se == se and abs(g) > 2 * se
+        resolved_agree += same and cmp["resolved"]
         parts.append(f"DWT from the {r.replace('_', ' ')} teacher ({res['size_ratio'][r]:.2f}x the parameters; "
                      f"the teacher alone scores {res['teacher_gap'][r]:+.2f} vs. the student) changes the student "
-                     f"by {g:+.2f} ({_verdict(g, se)}); the paper: {pg:+.2f}, "
+                     f"by {g:+.2f} ({cmp['verdict']}); the paper: {pg:+.2f}, "
                      f"{'same sign' if same else 'not the same sign'}.")
     parts.append(f"In all, {agree} of {len(res['roles'])} changes have the paper's sign and {resolved_agree} of "
-                 f"those are larger than twice their standard error over fine-tuning seeds.")
+                 f"those are resolved (larger than twice the larger of the two standard errors, over fine-tuning "
+                 f"and over pre-training seeds).")
     parts.append(chance_check(res["scores"]))
     return " ".join(parts)
 
@@ -201,9 +207,10 @@ def over_training(cfg: Config, study: str, progress: bool = True) -> dict:
     names = study_runs(cfg, study)
     tasks = [t for t in cfg.studies.soft_weight_tasks if t in cfg.finetune.tasks] or list(cfg.finetune.tasks)
     fractions = sorted(cfg.pretrain.snapshot_fractions)
-    preflight.check(cfg, names, tasks, fractions)                         # before any training step
-    runs = {n: _pretrain_summary(cfg, n) for n in names}
-    scores = _task_scores(study_scores(cfg, names, tasks, fractions, progress))
+    all_runs = [r for n in names for r in seed_runs(cfg, n)]
+    preflight.check(cfg, all_runs, tasks, fractions)                      # before any training step
+    runs = {n: _arm_summary(cfg, n) for n in names}
+    scores = _task_scores(study_scores(cfg, all_runs, tasks, fractions, progress))
     payload = {"study": study, "tasks": tasks, "fractions": fractions, "seeds": list(cfg.finetune.seeds),
                "runs": runs, "scores": scores, "logs": {n: read_log(cfg, n) for n in names}}
     if study == "soft_weight":
@@ -242,25 +249,26 @@ def over_training_table(res: dict):
     return df.pivot_table(index=["run", "fraction"], columns="task", values="mean").round(2)
 
 
-def _run_means(df, frac) -> tuple[dict, dict]:
-    """Per run at one snapshot: mean task score, and the per-seed task averages behind it."""
-    at = df[df.fraction == frac]
-    per_seed = {run: _per_seed_average(g.to_dict("records")) for run, g in at.groupby("run", sort=False)}
-    return {run: sum(v) / len(v) for run, v in per_seed.items()}, per_seed
+def _run_means(scores: list[dict], frac: float) -> tuple[dict, dict]:
+    """Per arm at one snapshot: mean task score, and its (per-fine-tuning-seed, per-pre-training-seed)
+    task averages (:func:`spread.compare`'s input)."""
+    arms = dict.fromkeys(s["run"] for s in scores if s["fraction"] == frac)
+    per_seed = {run: _arm_seed_averages(scores, run, frac) for run in arms}
+    return {run: sum(v[0]) / len(v[0]) for run, v in per_seed.items()}, per_seed
 
 
 def _compare(a: str, b: str, m: dict, ps: dict) -> str:
-    d = m[a] - m[b]
-    return f"{a} − {b} = {d:+.2f} ({_verdict(d, _diff_se(ps[a], ps[b]))})"
+    c = spread.compare(ps[a], ps[b])
+    return f"{a} − {b} = {c['diff']:+.2f} ({c['verdict']})"
 
 
 def over_training_summary(res: dict) -> str:
     """One paragraph from the numbers: the paper's claim for this study, and what this run measured."""
-    import pandas as pd
-    df = pd.DataFrame(res["scores"])
     first, last = min(res["fractions"]), max(res["fractions"])
-    (m0, p0), (m1, p1) = _run_means(df, first), _run_means(df, last)
-    head = (f"Mean score over {', '.join(res['tasks'])}, {len(res['seeds'])} fine-tuning seed(s), at "
+    (m0, p0), (m1, p1) = _run_means(res["scores"], first), _run_means(res["scores"], last)
+    n_pt = {n: len(r.get("pretrain_seeds", [None])) for n, r in res["runs"].items()}
+    head = (f"Mean score over {', '.join(res['tasks'])}, {len(res['seeds'])} fine-tuning seed(s) and "
+            + ", ".join(f"{k} {v}" for k, v in n_pt.items()) + " pre-training seed(s), at "
             f"{first:.0%} and {last:.0%} of pre-training: "
             + "; ".join(f"{r} {m0[r]:.2f} → {m1[r]:.2f}" for r in m1) + ". ")
     losses = "Final held-out MLM loss: " + ", ".join(f"{n} {r['mlm_loss']:.3f}" for n, r in res["runs"].items()) + "."

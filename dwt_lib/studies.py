@@ -9,6 +9,11 @@ Run names (``dwt pretrain --run NAME``):
   ``studies.soft_weight.<variant>`` (Fig. 3)
 - ``remap-<role>``: DWT from that teacher, student initialised by parameter remapping (Fig. 4)
 
+- ``<name>:s<seed>``: that run pre-trained with another seed (``pretrain.seed``), e.g.
+  ``student:s43``; a DWT run keeps its teacher (the profile's, at ``pretrain.seed``). The seeds of
+  an arm come from ``studies.pretrain_seeds`` (:func:`seed_runs`); they measure the spread over
+  pre-training, the largest source of variance.
+
 A run's identity is the hash of what determines it, not its name: ``soft-normal`` and
 ``dwt-weak`` are one run when their settings agree, and it is trained once.
 """
@@ -59,8 +64,49 @@ def pretrain_run(cfg: Config, name: str, size: str, teacher: Optional[Run] = Non
     return Run(kind=kind, name=name, key=jsonable(key), root=outputs_dir(cfg))
 
 
+SEED_MARK = ":s"
+
+
+def split_seed(name: str) -> tuple[str, Optional[int]]:
+    """``"student:s43"`` -> ``("student", 43)``; a name without a seed -> ``(name, None)``."""
+    base, mark, seed = name.rpartition(SEED_MARK)
+    return (base, int(seed)) if mark and base and seed.isdigit() else (name, None)
+
+
+def pretrain_seed(cfg: Config, name: str) -> int:
+    """The pre-training seed a run name trains with."""
+    seed = split_seed(name)[1]
+    return cfg.pretrain.seed if seed is None else seed
+
+
+def run_config(cfg: Config, name: str) -> Config:
+    """The config a run trains with: the profile's, with ``pretrain.seed`` set from the name's seed."""
+    seed = pretrain_seed(cfg, name)
+    return cfg if seed == cfg.pretrain.seed else cfg.replace(**{"pretrain.seed": seed})
+
+
+def seed_runs(cfg: Config, name: str) -> list[str]:
+    """An arm's pre-training runs: ``name`` itself (at ``pretrain.seed``), then one ``name:s<seed>`` per
+    other seed in ``studies.pretrain_seeds`` (listed for this name or for a run with the same identity:
+    seeds given for ``dwt-weak`` also count for ``soft-normal`` when the two are one run)."""
+    listed = cfg.studies.pretrain_seeds
+    seeds = listed.get(name)
+    if seeds is None and listed:
+        rid = named_run(cfg, name).id
+        seeds = next((v for k, v in listed.items() if named_run(cfg, k).id == rid), [])
+    return [name] + [f"{name}{SEED_MARK}{s}" for s in dict.fromkeys(seeds or []) if s != cfg.pretrain.seed]
+
+
 def named_run(cfg: Config, name: str) -> Run:
     """The :class:`Run` for a run name (see the module docstring); clear error for an unknown name."""
+    base, seed = split_seed(name)
+    if seed is not None:
+        run = named_run(cfg, base)
+        if seed == cfg.pretrain.seed:
+            return Run(kind=run.kind, name=name, key=run.key, root=run.root)
+        seeded = named_run(run_config(cfg, name), base)
+        # the teacher stays the profile's: pre-training seeds vary the student, not what it learns from
+        return Run(kind=run.kind, name=name, key=dict(seeded.key, teacher=run.key["teacher"]), root=run.root)
     teachers = cfg.model.teachers
     if name.startswith("teacher-") and name[8:] in teachers:
         return pretrain_run(cfg, name, teachers[name[8:]])
@@ -80,6 +126,7 @@ def named_run(cfg: Config, name: str) -> Run:
 
 def teacher_name(cfg: Config, name: str) -> Optional[str]:
     """The teacher run a DWT run distils from (None for runs without a teacher)."""
+    name = split_seed(name)[0]
     if name.startswith(("dwt-", "remap-")):
         return "teacher-" + name.split("-", 1)[1]
     if name.startswith("soft-"):
@@ -87,13 +134,19 @@ def teacher_name(cfg: Config, name: str) -> Optional[str]:
     return None
 
 
-def all_run_names(cfg: Config) -> list[str]:
-    """Every run the three studies need, teachers first (dependencies before dependants)."""
+def arm_names(cfg: Config) -> list[str]:
+    """Every arm of the three studies (one name each, at ``pretrain.seed``), teachers first."""
     roles = list(cfg.model.teachers)
     return ([f"teacher-{r}" for r in roles] + ["student"]
             + [f"dwt-{r}" for r in cfg.studies.teacher_quality]
             + [f"soft-{v}" for v in cfg.studies.soft_weight]
             + [f"remap-{cfg.studies.param_remap_teacher}"])
+
+
+def all_run_names(cfg: Config) -> list[str]:
+    """Every run the three studies need, teachers first (dependencies before dependants); an arm's
+    other pre-training seeds (:func:`seed_runs`) right after it."""
+    return [r for n in arm_names(cfg) for r in seed_runs(cfg, n)]
 
 
 def study_runs(cfg: Config, study: str) -> list[str]:
@@ -123,15 +176,16 @@ def ensure_pretrained(cfg: Config, name: str, progress: bool = True) -> dict:
         check_device(cfg)
     if run.key.get("teacher") and not (run.finished() and pretrained_problem(run, run.result()) is None):
         ensure_pretrained(cfg, teacher_name(cfg, name), progress)     # a missing teacher model is restored here
+    rcfg = run_config(cfg, name)           # pretrain.seed from the name (student:s43)
 
     def work(r: Run) -> dict:
-        atomic_write_json(r.dir / "config.json", cfg.to_dict())
-        if cfg.launch.num_processes == 1:
+        atomic_write_json(r.dir / "config.json", rcfg.to_dict())
+        if rcfg.launch.num_processes == 1:
             from .pretrain import train
-            return train(cfg, r, progress=progress)
-        return _launch_workers(cfg, r)
+            return train(rcfg, r, progress=progress)
+        return _launch_workers(rcfg, r)
 
-    return runs.ensure(run, cfg, work, check=pretrained_problem)
+    return runs.ensure(run, rcfg, work, check=pretrained_problem)   # provenance: the seed it trained with
 
 
 def pretrained_problem(run: Run, res: dict) -> Optional[str]:
@@ -209,7 +263,8 @@ def study_scores(cfg: Config, names: list[str], tasks: list[str], fractions=(1.0
             for task in tasks:
                 for seed in cfg.finetune.seeds:
                     # the same run may go by two names (soft-normal = dwt-weak): label it as asked
-                    r = dict(ensure_finetuned(cfg, name, task, seed, fr), pretrain_run=name, fraction=fr)
+                    r = dict(ensure_finetuned(cfg, name, task, seed, fr), pretrain_run=name, fraction=fr,
+                             pretrain_seed=pretrain_seed(cfg, name))
                     if progress:
                         print(f"  {name:<22} @{fr:.2f} {task:<6} seed {seed}: {r['score']:.2f}")
                     out.append(r)

@@ -92,17 +92,6 @@ def test_teacher_quality_figure_from_result_file(tmp_path):
     assert (tmp_path / "figures" / "03_teacher_quality.svg").exists()
 
 
-def test_premise_check_reads_the_teacher_order_from_mlm_losses():
-    def res(weak, very_weak, student):
-        runs = {"teacher-weak": {"mlm_loss": weak}, "teacher-very_weak": {"mlm_loss": very_weak},
-                "student": {"mlm_loss": student}}
-        return {"runs": runs, "roles": ["weak", "very_weak"], "size_ratio": {"weak": 0.8, "very_weak": 0.6}}
-    good = results.premise_check(res(5.0, 5.5, 4.5))
-    assert "are ordered by size" in good and "every teacher is weaker" in good and "weak teacher 5.000" in good
-    inverted = results.premise_check(res(5.6, 5.5, 5.55))
-    assert "not ordered by size" in inverted and "1 of 2 teachers are better" in inverted
-
-
 def _notebooks():
     return sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 

@@ -1,0 +1,120 @@
+"""Pre-training seeds as runs, the two spreads and the resolution rule, and the paper's premise."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from dwt_lib import plots, spread, studies
+from dwt_lib.config import ConfigError, load_params
+from dwt_lib.plan import make_plan
+from dwt_lib.premise import premise, premise_check
+
+SEEDS = {"studies.pretrain_seeds": {"student": [42, 43], "dwt-weak": [42, 43]}}
+
+
+# ----------------------------------------------------------------------------- the rule
+
+def test_resolved_only_against_the_larger_spread():
+    ft = ([70.0, 70.2, 69.8], [70.0])           # (per fine-tuning seed, per pre-training seed)
+    # 1.0 point apart, fine-tuning SE ~0.16: resolved against fine-tuning seeds alone ...
+    assert spread.resolved(1.0, spread.se_mean_diff([71.0, 71.2, 70.8], ft[0]), 0.1)
+    # ... but pre-training seeds that disagree by 2 points leave it unresolved
+    a = ([71.0, 71.2, 70.8], [70.0, 72.0])
+    b = ([70.0, 70.2, 69.8], [69.0, 71.0])
+    c = spread.compare(a, b)
+    assert c["diff"] == pytest.approx(1.0) and c["se_finetune"] < 0.5 < c["se_pretrain"]
+    assert not c["resolved"] and "pre-training" in c["verdict"] and "not resolved" in c["verdict"]
+    # pre-training seeds that agree: resolved
+    c = spread.compare(([71.0, 71.2, 70.8], [71.0, 71.01]), ([70.0, 70.2, 69.8], [70.0, 70.02]))
+    assert c["resolved"] and c["verdict"].endswith(": resolved")
+
+
+def test_one_pretraining_seed_never_resolves_and_one_side_borrows():
+    c = spread.compare(([75.0, 75.1, 74.9], [75.0]), ([70.0, 70.1, 69.9], [70.0]))
+    assert math.isnan(c["se_pretrain"]) and c["se_pretrain_how"] == "unknown"
+    assert not c["resolved"] and "unmeasured" in c["verdict"]
+    # only one arm has two seeds: its variance stands in for the other's
+    se, how = spread.se_pretrain_diff([70.0, 72.0], [71.0])
+    assert how == "borrowed" and se == pytest.approx(math.sqrt(2.0 / 2 + 2.0 / 1))
+    assert spread.resolved(10.0, 0.1, se) and not spread.resolved(1.0, 0.1, se)
+
+
+def test_seed_matrix_averages_tasks_per_seed_pair():
+    rec = lambda task, scores: {"task": task, "scores": scores, "pretrain_seeds": [42, 42, 43, 43],
+                                "finetune_seeds": [1, 2, 1, 2]}
+    pts, m = spread.seed_matrix([rec("a", [1.0, 2.0, 3.0, 4.0]), rec("b", [3.0, 4.0, 5.0, 6.0])])
+    assert pts == [42, 43] and m.tolist() == [[2.0, 3.0], [4.0, 5.0]]
+
+
+# ----------------------------------------------------------------------------- runs as data
+
+def test_pretrain_seeds_are_runs_of_their_own():
+    cfg = load_params("smoke", SEEDS)
+    names = studies.all_run_names(cfg)
+    assert names.index("student:s43") == names.index("student") + 1 and "dwt-weak:s43" in names
+    s42, s43 = studies.named_run(cfg, "student"), studies.named_run(cfg, "student:s43")
+    assert s42.id != s43.id and s43.key["pretrain"]["seed"] == 43 and s42.key["pretrain"]["seed"] == 42
+    assert studies.named_run(cfg, "student:s42").id == s42.id
+    # the DWT seed run keeps the profile's teacher; soft-normal (= dwt-weak) inherits dwt-weak's seeds
+    assert studies.named_run(cfg, "dwt-weak:s43").key["teacher"] == studies.named_run(cfg, "dwt-weak").key["teacher"]
+    assert studies.seed_runs(cfg, "soft-normal") == ["soft-normal", "soft-normal:s43"]
+    assert studies.named_run(cfg, "soft-normal:s43").id == studies.named_run(cfg, "dwt-weak:s43").id
+    assert studies.run_config(cfg, "dwt-weak:s43").pretrain.seed == 43
+    assert studies.teacher_name(cfg, "dwt-weak:s43") == "teacher-weak"
+    rows = {r["run"]: r for r in make_plan(cfg)["rows"]}
+    assert rows["soft-normal:s43"]["same_as"] == "dwt-weak:s43" and rows["student:s43"]["steps"] > 0
+    assert studies.seed_runs(load_params("smoke", {"studies.pretrain_seeds": {}}), "student") == ["student"]
+
+
+def test_pretrain_seeds_errors_name_the_key():
+    with pytest.raises(ConfigError, match=r"studies\.pretrain_seeds\.studnet: expected a run name"):
+        load_params("smoke", {"studies.pretrain_seeds": {"studnet": [1, 2]}})
+    with pytest.raises(ConfigError, match=r"studies\.pretrain_seeds\.student: expected a non-empty list"):
+        load_params("smoke", {"studies.pretrain_seeds": {"student": 43}})
+
+
+# ----------------------------------------------------------------------------- the premise
+
+def _res(student, weak, very, extremely, acc=0.25):
+    """A teacher-quality result with given final losses; ``student`` a list over pre-training seeds."""
+    runs = {"student": {"mlm_loss": float(np.mean(student)), "mlm_accuracy": acc,
+                        "mlm_loss_spread": spread.seed_spread(student), "pretrain_seeds": list(range(len(student)))}}
+    for role, loss in (("weak", weak), ("very_weak", very), ("extremely_weak", extremely)):
+        runs[f"teacher-{role}"] = {"mlm_loss": loss}
+    curves = {"student": [{"tokens": 1e6, "mlm_loss": 7.0, "mlm_accuracy": 0.05},
+                          {"tokens": 2e6, "mlm_loss": student[0], "mlm_accuracy": acc}],
+              "student:s43": [{"tokens": 2e6, "mlm_loss": student[-1], "mlm_accuracy": acc}],
+              "teacher-weak": [{"tokens": 2e6, "mlm_loss": weak, "mlm_accuracy": 0.2}]}
+    return {"runs": runs, "roles": ["weak", "very_weak", "extremely_weak"], "curves": curves,
+            "size_ratio": {"weak": 0.78, "very_weak": 0.57, "extremely_weak": 0.46}, "provenance": {"profile": "t"}}
+
+
+def test_premise_holds_with_clear_gaps():
+    p = premise(_res([4.00, 4.01], 4.10, 4.20, 4.30))
+    assert p["holds"] and p["ordered"] and [round(g["gap"], 3) for g in p["gaps"]] == [0.095, 0.1, 0.1]
+    text = premise_check(_res([4.00, 4.01], 4.10, 4.20, 4.30))
+    assert "The premise holds" in text and "standalone student 4.005 (± 0.007 over 2 pre-training seeds)" in text
+    assert "25.0%" in text and "at or above" in text
+
+
+@pytest.mark.parametrize("student, weak, very, extremely, why", [
+    ([6.32, 6.33], 6.284, 6.295, 6.309, "the weak teacher is better than the standalone student"),   # the first mini
+    ([4.00, 4.01], 4.04, 4.20, 4.30, "worse than the standalone student by only 0.035"),              # gap < 0.05
+    ([4.00, 4.20], 4.25, 4.50, 4.80, "worse than the standalone student by only 0.150"),              # gap < 2 x spread
+    ([4.00], 4.10, 4.20, 4.30, "with one pre-training seed the gaps cannot be told from seed noise"),
+])
+def test_premise_fails_and_says_where(student, weak, very, extremely, why):
+    res = _res(student, weak, very, extremely, acc=0.12)
+    assert not premise(res)["holds"]
+    text = premise_check(res)
+    assert "The premise does not hold" in text and why in text and "below the 20% aim" in text, text
+
+
+def test_premise_figure_from_result_file(tmp_path):
+    p = tmp_path / "results" / "teacher_quality.json"
+    p.parent.mkdir()
+    p.write_text(json.dumps(_res([4.00, 4.01], 4.10, 4.20, 4.30)))
+    fig = plots.premise_curves(p)
+    assert "Premise holds" in fig._suptitle.get_text()
+    assert len(fig.axes[0].lines) == 3 and (tmp_path / "figures" / "03_premise.png").stat().st_size > 1000
