@@ -7,10 +7,10 @@ import torch
 
 from dwt_lib import predictions, studies
 from dwt_lib.config import load_params
-from dwt_lib.data import resolve
+from dwt_lib.sources import resolve
 from dwt_lib.runs import write_result
 
-TOKENIZER = resolve("google-bert/bert-base-uncased")
+TOKENIZER = resolve("sample:google-bert/bert-base-uncased")     # shipped with the package
 
 
 def test_random_logits_before_the_teacher_exists(tmp_path, monkeypatch):
