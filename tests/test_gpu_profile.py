@@ -188,6 +188,6 @@ def test_git_commit_outside_git_comes_from_the_environment(tmp_path, monkeypatch
 
 def test_verdict_with_identical_seeds():
     # found by a tiny run of this profile: every seed at the majority baseline gives a zero standard error
-    from dwt_lib.results import _verdict
-    assert _verdict(0.0, 0.0) == "the seeds agree exactly, so no error bar"
-    assert "resolved" in _verdict(3.0, 1.0) and _verdict(1.0, float("nan")).startswith("one seed")
+    from dwt_lib.spread import verdict      # the rule over both spreads (fine-tuning, pre-training seeds)
+    assert verdict(0.0, 0.0, 0.0).endswith("every seed scored the same, so no error bar")
+    assert verdict(3.0, 1.0, 0.5).endswith(": resolved") and "one fine-tuning seed" in verdict(1.0, float("nan"), 0.5)
