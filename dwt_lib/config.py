@@ -36,6 +36,11 @@ class CorpusSource:
     text_column: str = "text"
     max_documents: Optional[int] = None     # first N rows of this corpus; None: data.max_documents
     mirror: Optional[str] = None            # a folder under $DWT_DATA_DIR standing in offline (another dataset)
+    # Consecutive rows joined into one document (each row a paragraph), for a corpus stored one sentence
+    # per row (BookCorpus on the Hub). None: a row is a document. Grouped by global row index (row r goes to
+    # document r // N), so num_proc never changes it; a stand-in (``mirror``) is read ungrouped; keys stay
+    # ``<id>#<first row>`` and max_documents counts grouped documents.
+    rows_per_document: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -373,6 +378,9 @@ def _check_values(obj: Any, src: str, prefix: str) -> None:
         for i, c in enumerate(obj.corpora):
             if c.max_documents is not None and c.max_documents < 1:
                 _fail(src, f"{p}corpora[{i}].max_documents", "an integer >= 1 or null", c.max_documents)
+            if c.rows_per_document is not None and c.rows_per_document < 1:
+                _fail(src, f"{p}corpora[{i}].rows_per_document", "an integer >= 1 or null (null: a row is a "
+                      "document)", c.rows_per_document)
             if c.mirror and c.id.startswith("sample:"):
                 _fail(src, f"{p}corpora[{i}].mirror", "null for a sample: source (the sample is read as is)", c.mirror)
     elif isinstance(obj, DistillConfig):

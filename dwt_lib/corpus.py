@@ -26,7 +26,8 @@ _SENT_END = tuple('.!?"\'\u201d\u2019)]:;\u2026')
 
 @dataclass(frozen=True)
 class Document:
-    """One document of a corpus: ``key`` is ``"<corpus id>#<row index>"``, stable across runs."""
+    """One document of a corpus: ``key`` is ``"<corpus id>#<row index>"`` (its first row when rows are grouped),
+    stable across runs."""
     key: str
     text: str
 
@@ -72,6 +73,26 @@ def iter_texts(source: str, config: Optional[str], split: str, text_column: str,
         yield from (t or "" for t in batch[text_column])
 
 
+ROW_SEPARATOR = "\n\n"   # after every row of a grouped document: a blank line, so each row is a paragraph
+
+
+def group_texts(texts: Iterable[str], rows_per_document: Optional[int]) -> Iterator[str]:
+    """Consecutive rows joined into documents of ``rows_per_document`` rows (the last may be shorter), each
+    row followed by :data:`ROW_SEPARATOR` so :func:`clean_document` takes every row as a paragraph (a corpus
+    stored one sentence per row, BookCorpus on the Hub). ``None``: the rows unchanged (a row is a document)."""
+    if rows_per_document is None:
+        yield from texts
+        return
+    buf: list[str] = []
+    for t in texts:
+        buf.append((t or "") + ROW_SEPARATOR)
+        if len(buf) == rows_per_document:
+            yield "".join(buf)
+            buf = []
+    if buf:
+        yield "".join(buf)
+
+
 def load_documents(corpora: Sequence, max_documents: Optional[int] = None,
                    resolve=lambda x: x) -> list[Document]:
     """Documents of all corpora, interleaved round-robin (doc 0 of each corpus, then doc 1, ...).
@@ -85,8 +106,9 @@ def load_documents(corpora: Sequence, max_documents: Optional[int] = None,
         src = resolve(c.id)
         own = getattr(c, "max_documents", None)                          # a corpus's own limit first
         limit = own if own is not None else max_documents
-        per.append([Document(f"{c.id}#{i}", t) for i, t in
-                    enumerate(iter_texts(src, c.config, c.split, c.text_column, limit))])
+        k = getattr(c, "rows_per_document", None)                        # rows grouped into documents
+        rows = iter_texts(src, c.config, c.split, c.text_column, limit if limit is None or k is None else limit * k)
+        per.append([Document(f"{c.id}#{i * (k or 1)}", t) for i, t in enumerate(group_texts(rows, k))])
     out: list[Document] = []
     for i in range(max((len(p) for p in per), default=0)):
         out.extend(p[i] for p in per if i < len(p))

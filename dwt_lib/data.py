@@ -185,6 +185,8 @@ def data_hash(dc: DataConfig) -> str:
     d = {k: v for k, v in dc.__dict__.items() if k != "num_proc"}
     if d["tokenizer"] != "train":
         d.pop("vocab_size")          # a loaded tokenizer brings its own vocabulary
+    d["corpora"] = [{k: v for k, v in dataclasses.asdict(c).items() if not (k == "rows_per_document" and v is None)}
+                    for c in dc.corpora]     # unset: the hash of data cached before the key existed
     d["read"] = [text_identity(c) for c in dc.corpora]   # a stand-in or the sample gives other text
     d["code_version"] = DATA_CODE_VERSION
     d["min_tail_tokens"] = MIN_TAIL_TOKENS
@@ -203,8 +205,10 @@ def build(dc: DataConfig, out: Path, num_proc: Optional[int] = None, streaming: 
     srcs = [require(resolve_corpus(c), "pre-training corpus") for c in dc.corpora]
     if dc.tokenizer != "train":
         require_source(dc.tokenizer, "tokenizer", repo_type="model")
-    # A stand-in is another dataset: read it with its own (default) config, not the Hub dataset's.
-    read = dataclasses.replace(dc, corpora=tuple(dataclasses.replace(c, config=None) if s.stand_in else c
+    # A stand-in is another dataset: read it with its own (default) config, not the Hub dataset's, and row by
+    # row (whole books per row: rows_per_document describes the Hub dataset's rows only).
+    read = dataclasses.replace(dc, corpora=tuple(dataclasses.replace(c, config=None, rows_per_document=None)
+                                                 if s.stand_in else c
                                                  for c, s in zip(dc.corpora, srcs)))
     try:
         stats = pipeline.build(read, out, [s.where for s in srcs], num_proc=num_proc, streaming=streaming)

@@ -51,7 +51,8 @@ def _nproc(num_proc: Optional[int]) -> int:
 
 def open_corpus(c, source: str, max_documents: Optional[int], work: Path, streaming: bool = False):
     """Corpus ``c`` (a :class:`~dwt_lib.config.CorpusSource`) read from ``source`` (a folder or Hub id) as a
-    ``datasets.Dataset`` with one column ``text``: its first ``max_documents`` rows (all when None)."""
+    ``datasets.Dataset`` with one column ``text``: its first ``max_documents`` documents (all when None). With
+    ``c.rows_per_document`` = N, N consecutive rows make one document (:func:`group_rows`)."""
     import datasets
     name = f"corpus {c.id!r}" + (f" (config {c.config!r})" if c.config else "") + f", split {c.split!r}"
     try:
@@ -65,6 +66,9 @@ def open_corpus(c, source: str, max_documents: Optional[int], work: Path, stream
     if c.text_column not in cols:
         raise CorpusError(f"{name} has no column {c.text_column!r} (columns: {', '.join(map(str, cols)) or 'none'}); "
                           f"set text_column for this corpus in data.corpora")
+    k = getattr(c, "rows_per_document", None)
+    if max_documents is not None and k:
+        max_documents *= k                            # rows to read
     if streaming:
         from datasets.arrow_writer import ArrowWriter
         it = ds.select_columns([c.text_column])
@@ -88,9 +92,34 @@ def open_corpus(c, source: str, max_documents: Optional[int], work: Path, stream
         ds = ds.select_columns([c.text_column])
         if c.text_column != "text":
             ds = ds.rename_column(c.text_column, "text")
+    if getattr(c, "rows_per_document", None):
+        ds = group_rows(ds, c.rows_per_document, work / f"grouped-{hashlib.sha256(name.encode()).hexdigest()[:8]}.arrow")
     if len(ds) == 0:
         raise CorpusError(f"{name} is empty: no documents to prepare; check the source ({source}) and its split")
     return ds
+
+
+def group_rows(ds, k: int, path: Path, window: int = 1 << 16):
+    """Rows of ``ds`` (column ``text``) joined ``k`` at a time into documents, as
+    :func:`dwt_lib.corpus.group_texts`: row ``r`` goes to document ``r // k`` (global row index, in the main
+    process, so the grouping never depends on ``num_proc``). Streams windows of ``k * window`` rows (about
+    ``window`` documents) from the memory-mapped Arrow table into ``path``."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from datasets.arrow_writer import ArrowWriter
+
+    w = ArrowWriter(path=str(path), features=datasets.Features({"text": datasets.Value("string")}))
+    step = k * window
+    for r0 in range(0, len(ds), step):
+        col = ds.data.slice(r0, step).column("text").combine_chunks().cast(pa.large_string())
+        rows = pc.binary_join_element_wise(pc.fill_null(col, ""), pa.scalar(corpus.ROW_SEPARATOR, pa.large_string()),
+                                           pa.scalar("", pa.large_string()))
+        offs = np.append(np.arange(0, len(rows), k), len(rows)).astype(np.int64)
+        docs = pc.binary_join(pa.LargeListArray.from_arrays(pa.array(offs), rows), pa.scalar("", pa.large_string()))
+        w.write_table(pa.table({"text": docs.cast(pa.string())}))
+    w.finalize()
+    return datasets.Dataset.from_file(str(path))
 
 
 def _batch_size(ds) -> int:
@@ -101,10 +130,10 @@ def _batch_size(ds) -> int:
 
 # ----------------------------------------------------------------------------- 2. text pass
 
-def _text_batch(batch, idx: list, cid: str, seed: int):
+def _text_batch(batch, idx: list, cid: str, seed: int, rows: int = 1):
     import pyarrow as pa
     sents = [corpus.split_sentences(corpus.clean_document(t or "")) for t in batch.column("text").to_pylist()]
-    keys = [f"{cid}#{i}" for i in idx]
+    keys = [f"{cid}#{i * rows}" for i in idx]       # a document's first row
     return pa.table({"sentences": pa.array(sents, pa.list_(pa.string())),
                      "n_sentences": pa.array([len(s) for s in sents], pa.int64()),
                      "n_words": pa.array([sum(len(x.split()) for x in s) for s in sents], pa.int64()),
@@ -330,8 +359,8 @@ def build(dc, out: Path, sources: Sequence[str], num_proc: Optional[int] = None,
     try:
         raw = [open_corpus(c, s, dc.max_documents if c.max_documents is None else c.max_documents, work, streaming)
                for c, s in zip(dc.corpora, sources)]         # a corpus's own max_documents first
-        text = [_map(ds, _text_batch, work, f"text-{k}", nproc, _fp(f"text-{k}", out), {"cid": c.id, "seed": dc.seed},
-                     f"clean + split {c.id}") for k, (c, ds) in enumerate(zip(dc.corpora, raw))]
+        text = [_map(ds, _text_batch, work, f"text-{k}", nproc, _fp(f"text-{k}", out),
+                     {"cid": c.id, "seed": dc.seed, "rows": c.rows_per_document or 1}, f"clean + split {c.id}") for k, (c, ds) in enumerate(zip(dc.corpora, raw))]
         order = interleave_order([len(d) for d in text])
         cors, rows = order
         col = lambda dss, name: np.concatenate([d.data.column(name).to_numpy() for d in dss])
