@@ -164,6 +164,15 @@ class TokenBlocks:
         for i in range(len(self)):
             yield self[i]
 
+    def access(self) -> dict:
+        """How this process holds the blocks: ``memmap`` (a ``np.memmap`` of the file, not a private copy),
+        ``read_only``, ``file`` (``<cache folder>/<file>``, no absolute path) and the file's ``inode``, so
+        records from several processes show they map one file."""
+        fn = getattr(self.array, "filename", None)
+        return {"memmap": isinstance(self.array, np.memmap), "read_only": not self.array.flags.writeable,
+                "file": f"{Path(fn).parent.name}/{Path(fn).name}" if fn else None,
+                "inode": os.stat(fn).st_ino if fn else None}
+
     def __reduce__(self):
         if self.path is None:
             return (TokenBlocks, (np.asarray(self.array),))

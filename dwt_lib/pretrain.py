@@ -452,6 +452,8 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
     batches.close()
 
     final = evaluate_mlm(model, data.validation, tok, cfg, acc, autocast)
+    from accelerate.utils import gather_object
+    access = gather_object([{"process": acc.process_index, **data.train.access()}])   # every process's view
     if tb:
         acc.end_training()
     if main:
@@ -462,6 +464,6 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
             "tokens_seen": total * gbs * cfg.data.max_seq_length, "params": n_params,
             "teacher_params": count_parameters(teacher.mlm) if teacher else None,
             "snapshots": {f"{f:.2f}": f"snapshots/frac-{f:.2f}" for f in snaps.values()},
-            "data_hash": data.hash}
+            "data_hash": data.hash, "train_blocks_access": access}
 
 

@@ -81,6 +81,11 @@ def test_entry_has_a_manifest_and_blocks_are_memory_mapped_read_only(good):
     assert torch.equal(good.train[idx], torch.from_numpy(np.asarray(arr)[[3, 0, 2]].astype(np.int64)))
     blob = pickle.dumps(good.train)                    # a path, not the blocks
     assert len(blob) < 1000 and torch.equal(pickle.loads(blob)[:], good.train[:])
+    # what training records per process (tests/test_pretrain.py checks it on 2 processes)
+    want = {"memmap": True, "read_only": True, "file": f"{d.name}/train.npy", "inode": (d / "train.npy").stat().st_ino}
+    assert good.train.access() == pickle.loads(blob).access() == want
+    copy = datacache.TokenBlocks(np.array(arr)).access()
+    assert not copy["memmap"] and copy["file"] is None
 
 
 # ----------------------------------------------------------------------------- damage heals

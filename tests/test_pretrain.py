@@ -328,6 +328,12 @@ def test_two_cpu_processes_match_one(tmp_path, monkeypatch):
     _compare_logs(read_log(named_run(two, "student")), read_log(named_run(one, "student")), 1e-5, rel=True)
     assert r2["final_eval"]["mlm_loss"] == pytest.approx(r1["final_eval"]["mlm_loss"], rel=1e-5)
     assert r2["final_eval"]["eval_tokens"] == r1["final_eval"]["eval_tokens"]
+    # each process reads the one cached train.npy through a read-only memory map, not a private copy
+    cached = f"data-{r1['data_hash']}/train.npy"
+    assert [a["process"] for a in r2["train_blocks_access"]] == [0, 1]
+    for a in r2["train_blocks_access"] + r1["train_blocks_access"]:
+        assert a["memmap"] and a["read_only"] and a["file"] == cached, a
+    assert len({a["inode"] for a in r2["train_blocks_access"] + r1["train_blocks_access"]}) == 1
 
 
 def test_same_run_from_two_processes_trains_once(tmp_path):
