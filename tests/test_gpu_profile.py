@@ -131,7 +131,8 @@ def tiny_gpu(**extra):
                                "pretrain.eval_every": 2, "pretrain.eval_batches": 1, "pretrain.checkpoint_every": 2,
                                "pretrain.snapshot_fractions": [1.0], "finetune.max_train_examples": 32,
                                "finetune.max_eval_examples": 32, "finetune.epochs": 1, "finetune.epochs_per_task": {},
-                               "finetune.batch_size": 16, **extra})
+                               "finetune.batch_size": 16, "finetune.source": load_params("smoke").finetune.source,
+                               **extra})      # smoke's sources (the shipped sample): runs with no mirror
 
 
 def test_tiny_gpu_profile_trains_in_bf16_and_finetunes_in_parallel(tmp_path, monkeypatch):
