@@ -105,7 +105,7 @@ def move_aside(path: Path) -> Path:
 # ----------------------------------------------------------------------------- provenance
 
 def git_commit() -> str:
-    """The repo's HEAD commit, with ``+dirty`` when tracked files changed. Outside git (a copy of the
+    """The repo's HEAD commit, with ``+dirty`` when tracked files outside ``outputs/`` changed. Outside git (a copy of the
     working tree on another machine) ``$DWT_GIT_COMMIT`` when set (say where it came from), else ``unknown``."""
     fallback = os.environ.get("DWT_GIT_COMMIT") or "unknown"
     try:
@@ -113,8 +113,11 @@ def git_commit() -> str:
                              text=True, timeout=10).stdout.strip()
         if not sha:
             return fallback
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        # Dirty means the code differs from the commit: the committed outputs/ (rewritten by every
+        # reproduce) does not count, or every result of a reproduce would call itself dirty.
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)outputs"], cwd=REPO, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return fallback

@@ -151,3 +151,27 @@ def test_dwt_runs_cli_prints_table(cfg, capsys):
     assert body[fin.id][1:4] == ["teacher-weak", "finished", "100%"]
     assert body[part.id][1:5] == ["dwt-weak", "partial", "25%", "8s"]
     assert body[new.id][1:5] == ["student", "new", "0%", "-"]
+
+
+def test_git_commit_is_dirty_for_code_not_for_outputs():
+    """A changed committed output (a reproduce rewrites them) is not dirty; a changed source file is."""
+    import shutil
+    import subprocess
+    from dwt_lib import runs
+    if shutil.which("git") is None or not (runs.REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=runs.REPO,
+                      capture_output=True, text=True).stdout.strip():
+        pytest.skip("the checkout already has uncommitted changes")
+    readme = runs.REPO / "outputs" / "mini" / "results"
+    target = next(readme.glob("*.json"))
+    code = runs.REPO / "dwt_lib" / "schedules.py"
+    old_t, old_c = target.read_bytes(), code.read_bytes()
+    try:
+        target.write_bytes(old_t + b"\n")
+        assert not runs.git_commit().endswith("+dirty")
+        code.write_bytes(old_c + b"\n")
+        assert runs.git_commit().endswith("+dirty")
+    finally:
+        target.write_bytes(old_t)
+        code.write_bytes(old_c)
