@@ -106,6 +106,8 @@ class FinetuneConfig:
     epochs: float = 3.0
     epochs_per_task: dict = field(default_factory=lambda: {"mrpc": 5.0})
     lr_per_task: dict = field(default_factory=dict)                 # task -> lr (else ``lr``)
+    lr_grid: tuple[float, ...] = ()     # if set: a task not in lr_per_task gets the grid's lr that fine-tunes the
+                                        # standalone student best (studies.selected_lrs), the same for every model
     max_train_examples_per_task: dict = field(default_factory=dict)  # task -> cap or null = all (else the cap below)
     batch_size: int = 32
     max_seq_length: int = 128
@@ -399,6 +401,8 @@ def _check_values(obj: Any, src: str, prefix: str) -> None:
             _fail(src, p + "batch_size", "an integer >= 1", obj.batch_size)
         if not obj.seeds:
             _fail(src, p + "seeds", "at least one seed", [])
+        if any(v <= 0 for v in obj.lr_grid):
+            _fail(src, p + "lr_grid", "positive learning rates (or [] for no selection)", list(obj.lr_grid))
         _check_per_task(obj, src, p)
     elif isinstance(obj, StudiesConfig):
         for name, spec in obj.soft_weight.items():

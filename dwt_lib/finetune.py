@@ -44,7 +44,8 @@ def task_settings(cfg_finetune, task: str) -> dict:
     ft = _finetune_cfg(cfg_finetune)
     name = get_task(task).name
     out = {k: v for k, v in asdict(ft).items()
-           if k not in ("tasks", "seeds", "lr_per_task", "epochs_per_task", "max_train_examples_per_task")}
+           if k not in ("tasks", "seeds", "lr_per_task", "epochs_per_task", "max_train_examples_per_task",
+                        "lr_grid")}
     out["lr"] = float(ft.lr_per_task.get(name, ft.lr))
     out["epochs"] = float(ft.epochs_per_task.get(name, ft.epochs))
     out["max_train_examples"] = ft.max_train_examples_per_task.get(name, ft.max_train_examples)

@@ -188,16 +188,22 @@ def finetune_jobs(cfg: Config) -> list[tuple[str, float, str, int]]:
     """Every distinct fine-tuning run the three studies need: (pre-training run, fraction, task, seed).
 
     Teacher quality: each of its runs at the end of pre-training on every task; soft weight and
-    remapping: each snapshot on the study tasks. Two names of one run (``soft-normal`` = ``dwt-weak``)
-    count once, as the registry trains them once."""
-    from .studies import finetune_run, study_runs
+    remapping: each snapshot on the study tasks; every pre-training seed of an arm (``student:s43``); with
+    ``finetune.lr_grid``, the student's extra grid runs (counted, not named exactly: which grid lr is chosen
+    is known only after them). Two names of one run (``soft-normal`` = ``dwt-weak``) count once, as the
+    registry trains them once."""
+    from .studies import finetune_run, seed_runs, study_runs
     tasks = list(cfg.finetune.tasks)
     over = [t for t in cfg.studies.soft_weight_tasks if t in tasks] or tasks
     fractions = sorted(cfg.pretrain.snapshot_fractions)
-    wanted = [(n, 1.0, t) for n in study_runs(cfg, "teacher_quality") for t in tasks]
-    wanted += [(n, f, t) for s in ("soft_weight", "param_remap") for n in study_runs(cfg, s)
-               for f in fractions for t in over]
+    wanted = [(r, 1.0, t) for n in study_runs(cfg, "teacher_quality") for r in seed_runs(cfg, n) for t in tasks]
+    wanted += [(r, f, t) for s in ("soft_weight", "param_remap") for n in study_runs(cfg, s)
+               for r in seed_runs(cfg, n) for f in fractions for t in over]
     jobs, seen = [], set()
+    ft = cfg.finetune
+    for task in ([] if not ft.lr_grid else [t for t in tasks if t not in ft.lr_per_task]):
+        for lr in ft.lr_grid[1:]:      # lr selection on the student (one grid lr coincides with its own run)
+            jobs.append((f"student[lr={lr:g}]", 1.0, task, ft.seeds[0]))
     for name, frac, task in wanted:
         for seed in cfg.finetune.seeds:
             rid = finetune_run(cfg, name, task, seed, frac).id

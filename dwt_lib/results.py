@@ -15,7 +15,8 @@ from .config import Config
 from .glue import glue_average
 from .premise import premise_check  # noqa: F401  (re-exported: the summary's first sentence)
 from .runs import outputs_dir, read_json, write_result
-from .studies import ensure_pretrained, named_run, pretrain_seed, seed_runs, split_seed, study_runs, study_scores
+from .studies import (ensure_pretrained, named_run, pretrain_seed, seed_runs, selected_lrs, split_seed, study_runs,
+                      study_scores)
 
 #: What the paper reports (Fig. 2 and Sec. 3.1), shown beside our numbers and labelled as the paper's.
 PAPER_FIG2 = {
@@ -123,6 +124,7 @@ def teacher_quality(cfg: Config, progress: bool = True) -> dict:
                    for r in seed_runs(cfg, n)},
         "size_ratio": {r: runs[f"teacher-{r}"]["params"] / runs["student"]["params"] for r in roles},
         "paper": PAPER_FIG2,
+        "lr_selection": selected_lrs(cfg, tasks),
     }
     return write_result(result_path(cfg, "teacher_quality"), cfg, payload)
 
@@ -212,7 +214,8 @@ def over_training(cfg: Config, study: str, progress: bool = True) -> dict:
     runs = {n: _arm_summary(cfg, n) for n in names}
     scores = _task_scores(study_scores(cfg, all_runs, tasks, fractions, progress))
     payload = {"study": study, "tasks": tasks, "fractions": fractions, "seeds": list(cfg.finetune.seeds),
-               "runs": runs, "scores": scores, "logs": {n: read_log(cfg, n) for n in names}}
+               "runs": runs, "scores": scores, "logs": {n: read_log(cfg, n) for n in names},
+               "lr_selection": selected_lrs(cfg, tasks)}
     if study == "soft_weight":
         payload["schedules"] = {n: cfg.studies.soft_weight[n[5:]] for n in names}
     if study == "param_remap":

@@ -252,6 +252,7 @@ def study_scores(cfg: Config, names: list[str], tasks: list[str], fractions=(1.0
     Returns a list of result dicts (each with ``pretrain_run``, ``fraction``, ``task``, ``seed``,
     ``score``, ``metrics``), ready for :func:`dwt_lib.finetune.glue_scores` or a DataFrame.
     """
+    cfg = with_selected_lrs(cfg, tasks, progress)     # finetune.lr_grid: lrs chosen on the student first
     if cfg.launch.finetune_workers > 1:
         for name in names:
             ensure_pretrained(cfg, name, progress)
@@ -269,6 +270,40 @@ def study_scores(cfg: Config, names: list[str], tasks: list[str], fractions=(1.0
                         print(f"  {name:<22} @{fr:.2f} {task:<6} seed {seed}: {r['score']:.2f}")
                     out.append(r)
     return out
+
+
+def selected_lrs(cfg: Config, tasks: list[str], progress: bool = False) -> dict:
+    """Learning rates chosen from ``finetune.lr_grid`` on the standalone student only.
+
+    For each task in ``tasks`` that ``finetune.lr_per_task`` does not fix, the ``student`` run (end of
+    pre-training) is fine-tuned with the first fine-tuning seed at every grid lr, and the lr with the best
+    validation score is chosen (a tie goes to the earlier grid entry); every model then fine-tunes that task
+    at that lr. The grid runs are ordinary registry runs: the chosen one is the student's own seed-1 run.
+    Returns ``{task: {"lr", "scores": {lr: score}, "run", "seed"}}`` (empty without a grid)."""
+    ft = cfg.finetune
+    out = {}
+    for task in tasks:
+        if not ft.lr_grid or task in ft.lr_per_task:
+            continue
+        scores = {}
+        for lr in ft.lr_grid:
+            c = cfg.replace(**{"finetune.lr_per_task": {**ft.lr_per_task, task: lr}})
+            scores[lr] = ensure_finetuned(c, "student", task, ft.seeds[0])["score"]
+            if progress:
+                print(f"  lr selection, student {task:<6} lr {lr:g}: {scores[lr]:.2f}")
+        best = max(ft.lr_grid, key=lambda lr: (scores[lr], -ft.lr_grid.index(lr)))
+        out[task] = {"lr": best, "scores": {f"{lr:g}": v for lr, v in scores.items()},
+                     "run": "student", "seed": ft.seeds[0]}
+    return out
+
+
+def with_selected_lrs(cfg: Config, tasks: list[str], progress: bool = False) -> Config:
+    """``cfg`` with ``finetune.lr_per_task`` completed from :func:`selected_lrs` (unchanged without a grid)."""
+    sel = selected_lrs(cfg, tasks, progress)
+    if not sel:
+        return cfg
+    return cfg.replace(**{"finetune.lr_per_task": {**cfg.finetune.lr_per_task,
+                                                   **{t: s["lr"] for t, s in sel.items()}}})
 
 
 def finetune_parallel(cfg: Config, jobs: list[tuple], workers: int, progress: bool = True) -> None:
