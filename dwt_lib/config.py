@@ -110,6 +110,7 @@ class FinetuneConfig:
                                         # standalone student best (studies.selected_lrs), the same for every model
     max_train_examples_per_task: dict = field(default_factory=dict)  # task -> cap or null = all (else the cap below)
     batch_size: int = 32
+    group_by_length: bool = False       # batches of similar length (less padding), as HF Trainer's option
     max_seq_length: int = 128
     weight_decay: float = 0.0
     warmup_fraction: float = 0.0
@@ -240,8 +241,9 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 # Schedule specs replace as a whole: merging {kind: linear} into {kind: constant, value: 1}
-# would leave a stray "value" key.
-_REPLACE_WHOLE = {"alpha_soft", "temperature"}
+# would leave a stray "value" key. Per-task maps too: a child's `epochs_per_task: {}` means "no task
+# differs", not "keep the parent's MRPC entry".
+_REPLACE_WHOLE = {"alpha_soft", "temperature", "epochs_per_task", "lr_per_task", "max_train_examples_per_task"}
 
 
 def _set_dotted(raw: dict, key: str, value: Any, src: str) -> None:

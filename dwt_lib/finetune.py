@@ -52,6 +52,32 @@ def task_settings(cfg_finetune, task: str) -> dict:
     return out
 
 
+class LengthGroupedBatches:
+    """Batches of examples of similar length, in random order (``finetune.group_by_length``).
+
+    Each epoch: a random permutation (from ``generator``) cut into windows of ``window`` batches; each
+    window sorted by length and cut into batches; then the batches shuffled. Every example is used once an
+    epoch, as with ``shuffle=True``, but a batch pads to a length close to its rows' own, so short-sentence
+    tasks (SST-2, CoLA) compute on far fewer padding tokens. HF Trainer's ``group_by_length`` (its
+    ``LengthGroupedSampler``) does the same with windows of 50 batches."""
+
+    def __init__(self, lengths: list[int], batch_size: int, generator: torch.Generator, window: int = 50):
+        self.lengths, self.batch_size, self.generator, self.window = list(lengths), batch_size, generator, window
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self):
+        perm = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        size = self.window * self.batch_size
+        batches = []
+        for i in range(0, len(perm), size):
+            chunk = sorted(perm[i:i + size], key=lambda j: self.lengths[j])
+            batches += [chunk[k:k + self.batch_size] for k in range(0, len(chunk), self.batch_size)]
+        for b in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[b]
+
+
 def build_classifier(model_path_or_model, task: str, seed: int):
     """A ``BertForSequenceClassification`` for ``task`` whose encoder holds the pre-trained weights.
 
@@ -138,8 +164,12 @@ def finetune(model_path_or_model, task: str, cfg_finetune, tokenizer, seed: int,
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     collate_fn = lambda b: collate(b, pad_id)  # noqa: E731
     gen = torch.Generator().manual_seed(seed)
-    train_loader = torch.utils.data.DataLoader(train, batch_size=ft.batch_size, shuffle=True,
-                                               generator=gen, collate_fn=collate_fn)
+    if ft.group_by_length:
+        sampler = LengthGroupedBatches([len(x) for x in train.encodings["input_ids"]], ft.batch_size, gen)
+        train_loader = torch.utils.data.DataLoader(train, batch_sampler=sampler, collate_fn=collate_fn)
+    else:
+        train_loader = torch.utils.data.DataLoader(train, batch_size=ft.batch_size, shuffle=True,
+                                                   generator=gen, collate_fn=collate_fn)
     val_loader = torch.utils.data.DataLoader(val, batch_size=max(ft.batch_size, 64), shuffle=False,
                                              collate_fn=collate_fn)
 

@@ -110,19 +110,19 @@ def test_unknown_model_size(tmp_path):
 
 
 def test_profile_sizes_pick_a_width(tmp_path):
-    mini = PARAMS_DIR / "mini.yaml"
+    smoke = PARAMS_DIR / "smoke.yaml"          # its models are presets (tiny-*)
     path = _write(tmp_path, "mine.yaml", f"""\
-        extends: {mini}
+        extends: {smoke}
         model:
           sizes:
             narrow-student: {{layers: 6, hidden: 128, heads: 2}}
-            mini-teacher-4l: {{layers: 4, hidden: 128, heads: 2}}
+            tiny-teacher-4l: {{layers: 4, hidden: 128, heads: 2}}
           student: narrow-student
         """)
     c = load_params(path)
     assert c.model.sizes["narrow-student"] == {"layers": 6, "hidden": 128, "heads": 2}
     from dwt_lib.studies import named_run
-    base = load_params("mini")
+    base = load_params("smoke")
     # the run's identity carries the resolved shape: a new width (or a preset redefined) is a new run
     st = named_run(c, "student")
     assert st.key["shape"]["hidden_size"] == 128 and st.key["shape"]["intermediate_size"] == 512
