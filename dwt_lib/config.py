@@ -129,6 +129,7 @@ class StudiesConfig:
     soft_weight_teacher: str = "weak"
     param_remap_teacher: str = "weak"
     pretrain_seeds: dict = field(default_factory=dict)  # run name -> pre-training seeds (pretrain.seed always one)
+    beyond: dict = field(default_factory=dict)          # notebook 06: arm name -> settings (dwt_lib/beyond.py)
 
 
 @dataclass(frozen=True)
@@ -243,7 +244,8 @@ def _merge(base: dict, over: dict) -> dict:
 # Schedule specs replace as a whole: merging {kind: linear} into {kind: constant, value: 1}
 # would leave a stray "value" key. Per-task maps too: a child's `epochs_per_task: {}` means "no task
 # differs", not "keep the parent's MRPC entry".
-_REPLACE_WHOLE = {"alpha_soft", "temperature", "epochs_per_task", "lr_per_task", "max_train_examples_per_task"}
+_REPLACE_WHOLE = {"alpha_soft", "temperature", "epochs_per_task", "lr_per_task", "max_train_examples_per_task",
+                  "target", "init", "schedule"}
 
 
 def _set_dotted(raw: dict, key: str, value: Any, src: str) -> None:
@@ -483,6 +485,8 @@ def _check_models(cfg: Config, src: str) -> None:
             raise ConfigError(f"{src}: studies.teacher_quality: teacher {role!r} is not in model.teachers "
                               f"({', '.join(cfg.model.teachers)})")
     _check_pretrain_seeds(cfg, src)
+    from .beyond import check_arms
+    check_arms(cfg, src)
     for k in ("param_remap_teacher", "soft_weight_teacher"):
         role = getattr(cfg.studies, k)
         if role not in cfg.model.teachers:

@@ -15,9 +15,7 @@ DWT (Eq. 3: a_h * MLM + a_s(t) * tau(t)^2 * KL(teacher || student)). Read it top
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
-import math
 import os
 import random
 import shutil
@@ -35,7 +33,11 @@ from .errors import DiskFullError, disk_full
 from .losses import hard_loss, soft_loss
 from .models import SparseMLM, build_model, count_parameters, use_device_attention
 from .runs import Run, atomic_write_json, read_json_or_none
+from .beyond import soft_weight
 from .schedules import make_schedule
+from .growth import gate_value, ramp_steps
+from .steps import (Prefetcher, batch_indices, global_batch, lr_lambda, make_optimizer,  # noqa: F401
+                    snapshot_steps, total_steps)
 
 MASK_SEED = 1_000_003      # step s masks with generator seed (pretrain.seed * MASK_SEED + s)
 EVAL_MASK_SEED = 7_777     # held-out eval always masks the same way
@@ -46,82 +48,6 @@ class NonFiniteLossError(FloatingPointError):
 
 
 # ----------------------------------------------------------------------------- pieces
-
-def total_steps(cfg: Config, n_blocks: int, world_size: int) -> int:
-    """Optimizer steps of a run: ``max_steps`` or ``epochs`` over ``n_blocks`` at the global batch."""
-    if cfg.pretrain.max_steps is not None:
-        return cfg.pretrain.max_steps
-    return max(1, math.ceil(cfg.pretrain.epochs * n_blocks / global_batch(cfg, world_size)))
-
-
-def global_batch(cfg: Config, world_size: int) -> int:
-    """Sequences per optimizer step across all processes and accumulation micro-steps."""
-    return cfg.pretrain.batch_size_per_device * world_size * cfg.pretrain.grad_accum_steps
-
-
-def batch_indices(step: int, n_blocks: int, gbs: int, seed: int) -> torch.Tensor:
-    """Block indices of the global batch at ``step``: a slice of the epoch's permutation."""
-    per_epoch = n_blocks // gbs
-    if per_epoch < 1:
-        raise ValueError(f"the training split has {n_blocks} blocks, fewer than one global batch of {gbs}: "
-                         f"lower pretrain.batch_size_per_device or use more data")
-    epoch, k = divmod(step, per_epoch)
-    return _epoch_permutation(n_blocks, seed, epoch)[k * gbs:(k + 1) * gbs]
-
-
-@functools.lru_cache(maxsize=2)
-def _epoch_permutation(n_blocks: int, seed: int, epoch: int) -> torch.Tensor:
-    # Once per epoch, not per step: a permutation of 157k blocks costs milliseconds of host time, which
-    # on a GPU is as long as a small model's whole step.
-    return torch.randperm(n_blocks, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
-
-
-class Prefetcher:
-    """``get(step)`` returns ``make(step)`` and starts ``make(step + 1)`` in a background thread, so the
-    host prepares the next batch (indices, masking) while the device runs this one; torch releases the
-    GIL in its ops. ``make`` must be a pure function of the step: then prefetching changes no result."""
-
-    def __init__(self, make, total: int):
-        from concurrent.futures import ThreadPoolExecutor
-        self.make, self.total = make, total
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="dwt-prefetch")
-        self.pending: dict = {}
-
-    def get(self, step: int):
-        fut = self.pending.pop(step, None)
-        self.pending.clear()
-        out = fut.result() if fut is not None else self.make(step)
-        if step + 1 < self.total:
-            self.pending[step + 1] = self.pool.submit(self.make, step + 1)
-        return out
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-def lr_lambda(warmup: int, total: int):
-    """Linear warm-up to the peak over ``warmup`` steps, then linear decay to 0 at ``total``."""
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-    return f
-
-
-def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    """AdamW (decoupled decay) with no decay on biases and LayerNorm weights; fused when available."""
-    decay, no_decay = [], []
-    for n, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 else decay).append(p)
-    pc = cfg.pretrain
-    groups = [{"params": decay, "weight_decay": pc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    kw = dict(lr=pc.lr, betas=(pc.adam_beta1, pc.adam_beta2), eps=pc.adam_eps)
-    try:
-        return torch.optim.AdamW(groups, fused=True, **kw)
-    except (RuntimeError, TypeError):
-        return torch.optim.AdamW(groups, **kw)
-
 
 def load_teacher(path: Path, vocab_size: int, student_params: int, device) -> torch.nn.Module:
     """A frozen pre-trained teacher: eval mode, no gradients. Vocabulary must match the student's."""
@@ -137,11 +63,6 @@ def load_teacher(path: Path, vocab_size: int, student_params: int, device) -> to
                       f"({student_params:,}): this is ordinary KD, not distillation from a weak teacher")
     teacher.eval().requires_grad_(False)
     return teacher.to(device)
-
-
-def snapshot_steps(fractions, total: int) -> dict[int, float]:
-    """Step at which each snapshot fraction is saved (at least step 1)."""
-    return {max(1, round(f * total)): f for f in fractions}
 
 
 def save_model(model, tokenizer, path: Path) -> None:
@@ -200,7 +121,7 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 def dwt_losses(model, teacher, ids, attn, select, y, *, autocast=contextlib.nullcontext, alpha_hard=1.0,
-               alpha_soft=1.0, temperature=1.0, scale_by_t2=True, n_hard=None, n_soft=None):
+               alpha_soft=1.0, temperature=1.0, scale_by_t2=True, n_hard=None, n_soft=None, extras=None):
     """One micro-batch of Eq. 3: ``(loss, hard, soft)`` for the student ``model`` (a :class:`SparseMLM`).
 
     The student runs under ``autocast`` with the MLM head on the ``select``ed positions only; the
@@ -209,15 +130,20 @@ def dwt_losses(model, teacher, ids, attn, select, y, *, autocast=contextlib.null
     where the hard loss ignores one). The parts are scaled by ``n_selected / n_hard`` and
     ``n_selected / n_soft`` so that summing micro-batches gives the mean over the global batch's
     ``n_hard`` masked and ``n_soft`` soft-loss tokens; None means this micro-batch is the batch.
+    A ``teacher`` with ``uses_labels`` (:class:`dwt_lib.beyond.SmoothedTarget`) is called with ``y``.
+    With an ``extras`` dict, the teacher's own hard loss on the same tokens (same scaling) goes to
+    ``extras["teacher_hard"]``: the teacher-aware soft weight compares it with the student's.
     """
     t_logits = None
     if teacher is not None:     # first: its temporaries are freed before the student's activations pile up
         with torch.no_grad(), autocast():
-            t_logits = teacher(ids, attn, select)
+            t_logits = teacher(y) if getattr(teacher, "uses_labels", False) else teacher(ids, attn, select)
     with autocast():
         logits = model(ids, attn, select)
     n_y = int((y != -100).sum())
     h = hard_loss(logits, y) * (n_y / (n_hard or n_y)) if n_y else logits.sum() * 0.0
+    if extras is not None and t_logits is not None:
+        extras["teacher_hard"] = hard_loss(t_logits, y).detach() * (n_y / (n_hard or n_y)) if n_y else 0.0
     s = torch.zeros((), device=logits.device)
     if teacher is not None:
         s = soft_loss(logits, t_logits, temperature=temperature, scale_by_t2=scale_by_t2) * (
@@ -307,7 +233,7 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
                       attention_probs_dropout_prob=cfg.model.attention_probs_dropout_prob)
     n_params = count_parameters(mlm)
 
-    teacher = None
+    teacher, gates = None, None
     if key.get("teacher"):
         teacher_dir = run.root / "runs" / key["teacher"] / "model"
         teacher = SparseMLM(load_teacher(teacher_dir, vocab, n_params, acc.device))
@@ -318,8 +244,14 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
             if main and not (out / "init").exists():   # the starting point, for the remap check
                 atomic_write_json(out / "remap_report.json", report.to_dict())
                 save_model(mlm, None, out / "init")
-    elif key.get("init") == "remap":
-        raise ValueError(f"run {run.name}: init 'remap' needs a teacher")
+        elif key.get("init") == "grow":
+            from .growth import grow_student
+            gates = grow_student(teacher.mlm, mlm, out, data, tok, save=main and not (out / "init").exists())
+    elif key.get("target"):                      # notebook 06: label-smoothed targets instead of a teacher
+        from .beyond import SmoothedTarget
+        teacher = SmoothedTarget(vocab, key["target"]["epsilon"])
+    if key.get("init", "random") != "random" and not key.get("teacher"):
+        raise ValueError(f"run {run.name}: init {key['init']!r} needs a teacher")
 
     use_device_attention(mlm, acc.device)
     model = SparseMLM(mlm)                       # MLM head and last layer on the masked rows only
@@ -334,7 +266,9 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
     warmup = max(1, round(pc.warmup_fraction * total))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, total))
     model, opt = acc.prepare(model, opt)
-    a_soft = make_schedule(dict(key["alpha_soft"])) if teacher else None
+    a_soft = soft_weight(dict(key["alpha_soft"]), total) if teacher else None
+    aware = a_soft if hasattr(a_soft, "update") else None      # the teacher-aware weight (notebook 06)
+    ramp = ramp_steps(key["grow"]["ramp_fraction"], total) if gates else 0
     tau_fn = make_schedule(dict(key["temperature"])) if teacher else None
     snaps = snapshot_steps(pc.snapshot_fractions, total)
     bf16 = pc.precision == "bf16"
@@ -359,6 +293,8 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
         step = st["step"]
         # the steps since the last log line, so the next line averages the same steps as without a kill
         window, tokens_since = list(st.get("window", [])), st.get("tokens_since", 0)
+        if aware:                                # its EMAs: the weight of the next steps depends on them
+            aware.state = dict(st["aware"])
     if main:                                     # no checkpoint: drop the lines of a run killed before one
         _truncate_log(log_path, step)
     acc.wait_for_everyone()
@@ -367,7 +303,8 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
         if main:
             checkpoints.save(ckpt_dir, {"model": acc.unwrap_model(model).state_dict(), "optimizer": opt.state_dict(),
                                         "scheduler": sched.state_dict(), "rng": _rng_state(), "step": step,
-                                        "window": window, "tokens_since": tokens_since})
+                                        "window": window, "tokens_since": tokens_since,
+                                        **({"aware": dict(aware.state)} if aware else {})})
             atomic_write_json(out / "progress.json", {"step": step, "total_steps": total,
                                                       "elapsed_s": elapsed + time.time() - t_start})
         acc.wait_for_everyone()
@@ -395,6 +332,9 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
         n_hard = max(int((labels_all != -100).sum()), 1)
         n_soft = max(int(pad_all.sum()) if soft_all else n_hard, 1)
         a_s = a_soft(step, total) if teacher else 0.0
+        if gates:
+            gates.set(gate_value(step, ramp))
+        t_hard = torch.zeros(())
         tau = tau_fn(step, total) if teacher else 1.0
         parts = torch.zeros(3)
         for m in range(accum):
@@ -404,12 +344,15 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
             attn = pad_all[lo:lo + bs].to(acc.device)
             select = attn if soft_all else labels != -100
             y = labels[select]
+            extras = {} if aware else None
             with acc.no_sync(model) if m < accum - 1 else contextlib.nullcontext():
                 loss, h, s = dwt_losses(model, teacher, ids, attn, select, y, autocast=autocast,
                                         alpha_hard=dc.alpha_hard, alpha_soft=a_s, temperature=tau,
-                                        scale_by_t2=dc.scale_by_t2, n_hard=n_hard, n_soft=n_soft)
+                                        scale_by_t2=dc.scale_by_t2, n_hard=n_hard, n_soft=n_soft, extras=extras)
                 acc.backward(loss * world)
             parts += torch.stack([loss.detach(), h.detach(), s.detach()]).float().cpu()
+            if aware:
+                t_hard = t_hard + torch.as_tensor(extras["teacher_hard"]).float().cpu()
         window.append(acc.reduce(parts.to(acc.device), "sum").cpu() if world > 1 else parts)
         tokens_since += int(pad_all.sum())
         if not torch.isfinite(window[-1]).all():
@@ -422,8 +365,13 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
+        if aware:       # the global batch's mean hard losses, student and teacher, on the same masked tokens
+            t_hard = acc.reduce(t_hard.to(acc.device), "sum").cpu() if world > 1 else t_hard
+            aware.update(step, float(window[-1][1]), float(t_hard))
         step += 1
         bar.update(1)
+        if gates:        # the model "at step s" (eval, snapshot) has its gate at m(s)
+            gates.set(gate_value(step, ramp))
 
         if step % pc.log_every == 0 or step == total:
             w = torch.stack(window).mean(0).tolist()
@@ -433,7 +381,8 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
             # line, i.e. schedule(step - 1, total) (the loop's 0-based step before the increment).
             rec = {"step": step, "loss": w[0], "hard": w[1], "soft": w[2], "alpha_soft": a_s, "tau": tau,
                    "lr": sched.get_last_lr()[0], "tokens_per_s": tokens_since / max(now - t_log, 1e-9),
-                   "elapsed_s": elapsed + now - t_start}
+                   "elapsed_s": elapsed + now - t_start, **(aware.log() if aware else {}),
+                   **({"gate": gates.m} if gates else {})}
             if step % pc.eval_every == 0 or step == total:
                 ev = evaluate_mlm(model, data.validation, tok, cfg, acc, autocast)
                 rec.update(eval_mlm_loss=ev["mlm_loss"], eval_mlm_accuracy=ev["mlm_accuracy"])
@@ -444,6 +393,9 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
                 acc.log({k: v for k, v in rec.items() if k != "step"}, step=step)
             bar.set_postfix(loss=f"{w[0]:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
             window, tokens_since, t_log = [], 0, time.time()
+        if step in snaps and gates and gates.m < 1.0:
+            raise ValueError(f"run {run.name}: snapshot at step {step} with the new layers' gate at {gates.m:.3f} "
+                             f"< 1: set init.ramp_fraction at most the first pretrain.snapshot_fractions")
         if step in snaps and main:
             save_model(acc.unwrap_model(model).mlm, tok, out / "snapshots" / f"frac-{snaps[step]:.2f}")
         if step % pc.checkpoint_every == 0 or step == total:
@@ -462,8 +414,9 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
     return {"final_eval": final, "steps": total, "global_batch": gbs, "world_size": world,
             "train_time_s": elapsed + time.time() - t_start,     # all sessions of a resumed run
             "tokens_seen": total * gbs * cfg.data.max_seq_length, "params": n_params,
-            "teacher_params": count_parameters(teacher.mlm) if teacher else None,
+            "teacher_params": count_parameters(teacher.mlm) if key.get("teacher") else None,
             "snapshots": {f"{f:.2f}": f"snapshots/frac-{f:.2f}" for f in snaps.values()},
-            "data_hash": data.hash, "train_blocks_access": access}
+            "data_hash": data.hash, "train_blocks_access": access,
+            **({"aware": dict(aware.state)} if aware else {})}
 
 

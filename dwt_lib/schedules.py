@@ -11,6 +11,9 @@ Kinds:
 - ``{kind: cosine, start: a, end: b}``: b + (a - b)(1 + cos(pi t)) / 2
 - ``{kind: step, values: [v0, v1, ...], boundaries: [f1, ...]}``: v_i on [f_i, f_{i+1}),
   boundaries are increasing fractions of training in (0, 1), one fewer than values.
+- ``{kind: linear_until, start: a, end: b, until: u}``: a + (b - a) min(t / u, 1), i.e. linear
+  over the first fraction u of training, then b. Knowledge Inheritance (Qin et al., 2022) decays
+  the teacher's weight as ``max(0, 1 - step / T_distil)``: ``{start: 1, end: 0, until: T_distil / total}``.
 """
 from __future__ import annotations
 
@@ -29,7 +32,10 @@ _KEYS = {
     "linear": {"start", "end"},
     "cosine": {"start", "end"},
     "step": {"values", "boundaries"},
+    "linear_until": {"start", "end", "until"},
 }
+
+KINDS = tuple(_KEYS)
 
 
 def _num(spec: dict, k: str) -> float:
@@ -55,6 +61,11 @@ def make_schedule(spec: dict | float | int) -> Schedule:
     if kind == "constant":
         v = _num(spec, "value")
         return lambda step, total: v
+    if kind == "linear_until":
+        a, b, u = _num(spec, "start"), _num(spec, "end"), _num(spec, "until")
+        if not 0 < u <= 1:
+            raise ScheduleError(f"linear_until: until must be a fraction of training in (0, 1], got {u!r}")
+        return lambda step, total: a + (b - a) * min(_progress(step, total) / u, 1.0)
     if kind in ("linear", "cosine"):
         a, b = _num(spec, "start"), _num(spec, "end")
         if kind == "linear":

@@ -24,7 +24,7 @@ import subprocess
 import sys
 from typing import Optional
 
-from . import runs
+from . import beyond, runs
 from .config import Config, jsonable
 from .runs import Run, atomic_write_json, outputs_dir
 
@@ -51,16 +51,27 @@ def _base_key(cfg: Config, size: str) -> dict:
 
 
 def pretrain_run(cfg: Config, name: str, size: str, teacher: Optional[Run] = None, init: str = "random",
-                 alpha_soft: Optional[dict] = None) -> Run:
-    """A pre-training run; with a teacher it is a DWT run whose settings come from ``cfg.distill``."""
+                 alpha_soft: Optional[dict] = None, temperature: Optional[dict] = None,
+                 target: Optional[dict] = None, grow: Optional[dict] = None) -> Run:
+    """A pre-training run; with a teacher (or a ``target`` standing in for one: notebook 06's smoothed
+    labels) it is a DWT run whose settings come from ``cfg.distill`` unless given here.
+
+    ``target`` and ``grow`` enter the key only when given, so every run without them keeps the id it
+    had before they existed (tests/test_beyond.py pins this)."""
     key = _base_key(cfg, size)
     key["init"] = init
     key["teacher"] = teacher.id if teacher else None
-    kind = "teacher" if name.startswith("teacher-") else ("dwt" if teacher else "student")
-    if teacher:
+    distilled = teacher is not None or target is not None
+    kind = "teacher" if name.startswith("teacher-") else ("dwt" if distilled else "student")
+    if distilled:
         d = cfg.distill
-        key.update(alpha_hard=d.alpha_hard, alpha_soft=alpha_soft or d.alpha_soft, temperature=d.temperature,
+        key.update(alpha_hard=d.alpha_hard, alpha_soft=alpha_soft or d.alpha_soft,
+                   temperature=temperature or d.temperature,
                    soft_loss_positions=d.soft_loss_positions, scale_by_t2=d.scale_by_t2)
+    if target is not None:
+        key["target"] = target
+    if grow is not None:
+        key["grow"] = grow
     return Run(kind=kind, name=name, key=jsonable(key), root=outputs_dir(cfg))
 
 
@@ -119,6 +130,10 @@ def named_run(cfg: Config, name: str) -> Run:
     if name.startswith("soft-") and name[5:] in cfg.studies.soft_weight:
         return pretrain_run(cfg, name, cfg.model.student, named_run(cfg, teacher_name(cfg, name)),
                             alpha_soft=cfg.studies.soft_weight[name[5:]])
+    if name.startswith(beyond.PREFIX) and name[len(beyond.PREFIX):] in cfg.studies.beyond:
+        kw = beyond.run_settings(cfg, name[len(beyond.PREFIX):])
+        role = kw.pop("teacher_role")
+        return pretrain_run(cfg, name, cfg.model.student, named_run(cfg, f"teacher-{role}") if role else None, **kw)
     from .errors import UnknownNameError
     raise UnknownNameError(f"unknown run name {name!r} for profile {cfg.profile}", "--run",
                            f"known: {', '.join(all_run_names(cfg))}")
@@ -131,16 +146,24 @@ def teacher_name(cfg: Config, name: str) -> Optional[str]:
         return "teacher-" + name.split("-", 1)[1]
     if name.startswith("soft-"):
         return f"teacher-{cfg.studies.soft_weight_teacher}"
+    if name.startswith(beyond.PREFIX) and name[len(beyond.PREFIX):] in cfg.studies.beyond:
+        role = beyond.run_settings(cfg, name[len(beyond.PREFIX):])["teacher_role"]
+        return f"teacher-{role}" if role else None
     return None
 
 
-def arm_names(cfg: Config) -> list[str]:
-    """Every arm of the three studies (one name each, at ``pretrain.seed``), teachers first."""
+def base_arm_names(cfg: Config) -> list[str]:
+    """Every arm of the paper's three studies (one name each, at ``pretrain.seed``), teachers first."""
     roles = list(cfg.model.teachers)
     return ([f"teacher-{r}" for r in roles] + ["student"]
             + [f"dwt-{r}" for r in cfg.studies.teacher_quality]
             + [f"soft-{v}" for v in cfg.studies.soft_weight]
             + [f"remap-{cfg.studies.param_remap_teacher}"])
+
+
+def arm_names(cfg: Config) -> list[str]:
+    """Every arm of the studies, the paper's three and notebook 06's (``beyond-<arm>``), teachers first."""
+    return base_arm_names(cfg) + [beyond.run_name(a) for a in cfg.studies.beyond]
 
 
 def all_run_names(cfg: Config) -> list[str]:
@@ -150,7 +173,8 @@ def all_run_names(cfg: Config) -> list[str]:
 
 
 def study_runs(cfg: Config, study: str) -> list[str]:
-    """Run names one study needs: ``teacher_quality``, ``soft_weight`` or ``param_remap``."""
+    """Run names one study needs: ``teacher_quality``, ``soft_weight``, ``param_remap`` or ``beyond``
+    (notebook 06: the runs its arms are compared with, then the arms)."""
     if study == "teacher_quality":
         return ([f"teacher-{r}" for r in cfg.studies.teacher_quality] + ["student"]
                 + [f"dwt-{r}" for r in cfg.studies.teacher_quality])
@@ -159,7 +183,11 @@ def study_runs(cfg: Config, study: str) -> list[str]:
     if study == "param_remap":
         t = cfg.studies.param_remap_teacher
         return [f"remap-{t}", f"dwt-{t}"]
-    raise ValueError(f"unknown study {study!r} (teacher_quality, soft_weight, param_remap)")
+    if study == "beyond":
+        against = [n for spec in cfg.studies.beyond.values() for n in spec.get("against", [])]
+        arms = [beyond.run_name(a) for a in cfg.studies.beyond]
+        return list(dict.fromkeys([n for n in against if n not in arms] + arms))
+    raise ValueError(f"unknown study {study!r} (teacher_quality, soft_weight, param_remap, beyond)")
 
 
 # ----------------------------------------------------------------------------- launching
