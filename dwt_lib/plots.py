@@ -288,3 +288,56 @@ def compare_runs(runs_dir: Path, chosen: dict[str, str], save_as: str | None = N
         if save_as:
             save(fig, Path(runs_dir).parent / "results" / "compare_runs.json", save_as)   # -> <profile>/figures/
     return fig
+
+
+# ----------------------------------------------------------------------------- notebook 06
+
+def beyond(result_path: Path, question: str):
+    """Notebook 06, one question: held-out MLM loss over steps and the mean fine-tuning score (over the study
+    tasks; band: range over fine-tuning seeds) at each snapshot for the arm(s) and the runs they are compared
+    with; for the soft weight also the effective a_s and the teacher-aware arm's running hard losses, for
+    growth the new layers' gate m."""
+    res = read_json(result_path)
+    q = res["questions"][question]
+    extra = {"soft_weight": ["a_s", "ema"], "growth": ["gate"]}.get(question, [])
+    cycle = ["#55A868", "#C44E52", "#4C72B0", "#DD8452", "#8172B3", "#937860", "#DA8BC3"]
+    colour = {n: cycle[i % len(cycle)] for i, n in enumerate(q["runs"])}
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 2 + len(extra), figsize=(4.2 * (2 + len(extra)), 3.4), layout="constrained")
+        for n in q["runs"]:
+            log, ls = res["logs"].get(n, []), "-" if n in q["arms"] else "--"
+            ev = [(r["step"], r["eval_mlm_loss"]) for r in log if "eval_mlm_loss" in r]
+            if ev:
+                axes[0].plot(*zip(*ev), color=colour[n], ls=ls, marker=".", label=n)
+            pts = res["score_by_fraction"][n]
+            x = [p["fraction"] for p in pts]
+            axes[1].plot(x, [p["mean"] for p in pts], color=colour[n], ls=ls, marker="o", label=n)
+            axes[1].fill_between(x, [p["lo"] for p in pts], [p["hi"] for p in pts], color=colour[n], alpha=0.12, lw=0)
+            for ax, what in zip(axes[2:], extra):
+                if what == "a_s" and log:
+                    ax.plot([r["step"] for r in log], [r["alpha_soft"] for r in log], color=colour[n], ls=ls, label=n)
+                if what == "ema" and log and "ema_student" in log[0]:
+                    steps = [r["step"] for r in log]
+                    ax.plot(steps, [r["ema_student"] for r in log], color=colour[n], label=f"{n}: student")
+                    ax.plot(steps, [r["ema_teacher"] for r in log], color="#333333", ls=":", label=f"{n}: teacher")
+                if what == "gate" and log and "gate" in log[0]:       # m = 0 at step 0, before the first log line
+                    ax.plot([0] + [r["step"] for r in log], [0.0] + [r["gate"] for r in log], color=colour[n],
+                            marker=".", label=n)
+                    ax.set_ylim(-0.05, 1.05)
+        titles = {"a_s": "effective soft weight a_s", "ema": "running hard loss (EMA), same tokens",
+                  "gate": "new layers' gate m (0: identity)"}
+        axes[0].set(title="held-out MLM loss (dashed: compared runs)", xlabel="step", ylabel="nats")
+        axes[1].set(title=f"mean score over {', '.join(t.upper() for t in res['tasks'])}",
+                    xlabel="fraction of pre-training", xticks=res["fractions"])
+        for ax, what in zip(axes[2:], extra):
+            ax.set(title=titles[what], xlabel="step")
+            if ax.has_data():
+                ax.legend(fontsize=7)
+        for ax in axes:
+            ax.title.set_fontsize(9)
+        axes[1].legend(fontsize=7)
+        from .beyond_study import TITLES
+        fig.suptitle(f"{TITLES[question]} ({res['provenance']['profile']} profile; {len(res['seeds'])} fine-tuning "
+                     f"seed(s))", fontsize=10)
+        save(fig, result_path, f"06_{question}")
+    return fig

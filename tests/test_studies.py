@@ -98,7 +98,7 @@ def _notebooks():
 
 def test_notebooks_committed_clean_and_thin():
     nbs = _notebooks()
-    assert [p.name[:2] for p in nbs] == ["01", "02", "03", "04", "05"]
+    assert [p.name[:2] for p in nbs] == ["01", "02", "03", "04", "05", "06"]
     for p in nbs:
         nb = nbformat.read(p, as_version=4)
         code = [c for c in nb.cells if c.cell_type == "code"]
