@@ -2,7 +2,7 @@
 
     dwt pretrain  --profile P --run NAME [--set key=value ...]
     dwt finetune  --profile P --run NAME --task T [--fraction F] [--seed S]
-    dwt study     --profile P teacher_quality|soft_weight|param_remap
+    dwt study     --profile P teacher_quality|soft_weight|param_remap|beyond
     dwt runs      --profile P [--plot RUN ...]
     dwt plan      --profile P
     dwt reproduce --profile P [--notebooks 01,02]
@@ -75,6 +75,13 @@ def cmd_study(args) -> int:
         plots.teacher_quality(results.result_path(cfg, args.name))
         print(results.teacher_quality_table(res).round(2).to_string())
         print(results.teacher_quality_summary(res))
+    elif args.name == "beyond":                  # notebook 06: one figure and one paragraph per question
+        from . import beyond_study
+        res = beyond_study.run_study(cfg)
+        print(beyond_study.comparisons_table(res).round(2).to_string())
+        for q in res["questions"]:
+            plots.beyond(results.result_path(cfg, args.name), q)
+            print(beyond_study.summary(res, q))
     else:
         res = results.over_training(cfg, args.name)
         fig = {"soft_weight": "04_soft_weight", "param_remap": "05_param_remap"}[args.name]
@@ -158,7 +165,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--fraction", type=float, default=1.0, help="snapshot fraction of pre-training")
     p = add("study", cmd_study, "run one study without notebooks: result file, figure, summary")
-    p.add_argument("name", choices=["teacher_quality", "soft_weight", "param_remap"])
+    p.add_argument("name", choices=["teacher_quality", "soft_weight", "param_remap", "beyond"])
     p = add("runs", cmd_runs, "list runs with status, progress and wall time")
     p.add_argument("--plot", nargs="+", metavar="RUN", help="overlay these finished runs' loss curves and fine-tuning "
                    "scores (run names like dwt-weak, or ids) in figures/compare_runs.png")

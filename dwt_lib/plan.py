@@ -187,8 +187,8 @@ GLUE_TRAIN_SIZES = {"cola": 8551, "sst2": 67349, "mrpc": 3668, "stsb": 5749, "rt
 def finetune_jobs(cfg: Config) -> list[tuple[str, float, str, int]]:
     """Every distinct fine-tuning run the three studies need: (pre-training run, fraction, task, seed).
 
-    Teacher quality: each of its runs at the end of pre-training on every task; soft weight and
-    remapping: each snapshot on the study tasks; every pre-training seed of an arm (``student:s43``); with
+    Teacher quality: each of its runs at the end of pre-training on every task; soft weight,
+    remapping and notebook 06 (beyond): each snapshot on the study tasks; every pre-training seed of an arm (``student:s43``); with
     ``finetune.lr_grid``, the student's extra grid runs (counted, not named exactly: which grid lr is chosen
     is known only after them). Two names of one run (``soft-normal`` = ``dwt-weak``) count once, as the
     registry trains them once."""
@@ -197,7 +197,7 @@ def finetune_jobs(cfg: Config) -> list[tuple[str, float, str, int]]:
     over = [t for t in cfg.studies.soft_weight_tasks if t in tasks] or tasks
     fractions = sorted(cfg.pretrain.snapshot_fractions)
     wanted = [(r, 1.0, t) for n in study_runs(cfg, "teacher_quality") for r in seed_runs(cfg, n) for t in tasks]
-    wanted += [(r, f, t) for s in ("soft_weight", "param_remap") for n in study_runs(cfg, s)
+    wanted += [(r, f, t) for s in ("soft_weight", "param_remap", "beyond") for n in study_runs(cfg, s)
                for r in seed_runs(cfg, n) for f in fractions for t in over]
     jobs, seen = [], set()
     ft = cfg.finetune

@@ -8,6 +8,8 @@ Run names (``dwt pretrain --run NAME``):
 - ``soft-<variant>``: the student distilled from the weak teacher with a_s from
   ``studies.soft_weight.<variant>`` (Fig. 3)
 - ``remap-<role>``: DWT from that teacher, student initialised by parameter remapping (Fig. 4)
+- ``beyond-<arm>``: notebook 06's arms, settings from ``studies.beyond.<arm>`` (:mod:`dwt_lib.beyond`):
+  a teacher-aware or KI soft weight, another temperature, label-smoothed targets, growth from the teacher
 
 - ``<name>:s<seed>``: that run pre-trained with another seed (``pretrain.seed``), e.g.
   ``student:s43``; a DWT run keeps its teacher (the profile's, at ``pretrain.seed``). The seeds of
