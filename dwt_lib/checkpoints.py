@@ -18,9 +18,11 @@ import hashlib
 import io
 import json
 import os
+import random
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 from .errors import DamagedFileError, DiskFullError, disk_full
@@ -163,3 +165,39 @@ def step_of(folder: Path) -> Optional[int]:
     """Step of the newest checkpoint named in the manifest (for messages; nothing is verified)."""
     m = read_manifest(folder) or {}
     return (m.get("last.pt") or {}).get("step")
+
+
+# ----------------------------------------------------------------------------- resuming a run
+
+def rng_state() -> dict:
+    """Every generator a training step draws from (torch, Python, NumPy, CUDA), for a checkpoint."""
+    st = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict) -> None:
+    """Restore what :func:`rng_state` saved."""
+    torch.set_rng_state(st["torch"])
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint we resume from (they will be written again).
+
+    ``step`` 0 (no checkpoint yet) empties the log. A line cut short by a kill is dropped too.
+    """
+    if path.exists():
+        keep = []
+        for ln in path.read_text().splitlines():
+            try:
+                rec = json.loads(ln)
+            except json.JSONDecodeError:        # half a line written when the process was killed
+                continue
+            if rec.get("step", 0) <= step:
+                keep.append(ln)
+        path.write_text("".join(ln + "\n" for ln in keep))

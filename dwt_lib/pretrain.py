@@ -6,9 +6,12 @@ DWT (Eq. 3: a_h * MLM + a_s(t) * tau(t)^2 * KL(teacher || student)). Read it top
 1. data: packed blocks from :mod:`dwt_lib.data`; step ``s`` uses a fixed slice of a per-epoch
    permutation and a mask drawn from a generator seeded by ``s``, so a resumed run (and a run
    on more processes with the same global batch) sees exactly the same tokens and masks;
-2. model: random init, or parameter remapping from the teacher (:mod:`dwt_lib.remap`);
+2. model: random init, parameter remapping from the teacher (:mod:`dwt_lib.remap`) or growth
+   from it (:mod:`dwt_lib.growth`, notebook 06: gated new layers, the gate a function of the step);
 3. the step: encoder on all positions, MLM head only on the selected positions
-   (:class:`dwt_lib.models.SparseMLM`), teacher under ``no_grad`` in eval mode;
+   (:class:`dwt_lib.models.SparseMLM`), teacher (or notebook 06's label-smoothed target) under
+   ``no_grad`` in eval mode; a_s from its schedule, or the teacher-aware weight
+   (:class:`dwt_lib.beyond.TeacherAwareWeight`, whose running means go into every checkpoint);
 4. bookkeeping: JSON-lines log, held-out MLM eval, full checkpoints, model snapshots at
    fractions of training, and a stop on the first non-finite loss.
 """
@@ -28,14 +31,17 @@ import numpy as np
 import torch
 
 from . import checkpoints
+from .beyond import soft_weight
+from .checkpoints import rng_state as _rng_state
+from .checkpoints import set_rng_state as _set_rng_state
+from .checkpoints import truncate_log as _truncate_log
 from .config import Config
 from .errors import DiskFullError, disk_full
+from .growth import gate_value, ramp_steps
 from .losses import hard_loss, soft_loss
 from .models import SparseMLM, build_model, count_parameters, use_device_attention
 from .runs import Run, atomic_write_json, read_json_or_none
-from .beyond import soft_weight
 from .schedules import make_schedule
-from .growth import gate_value, ramp_steps
 from .steps import (Prefetcher, batch_indices, global_batch, lr_lambda, make_optimizer,  # noqa: F401
                     snapshot_steps, total_steps)
 
@@ -87,37 +93,6 @@ def save_model(model, tokenizer, path: Path) -> None:
 def _snapshot(out: Path, fraction: float) -> Path:
     return out / "snapshots" / f"frac-{fraction:.2f}" / "config.json"
 
-
-def _rng_state() -> dict:
-    st = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
-
-
-def _set_rng_state(st: dict) -> None:
-    torch.set_rng_state(st["torch"])
-    random.setstate(st["python"])
-    np.random.set_state(st["numpy"])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint we resume from (they will be written again).
-
-    ``step`` 0 (no checkpoint yet) empties the log. A line cut short by a kill is dropped too.
-    """
-    if path.exists():
-        keep = []
-        for ln in path.read_text().splitlines():
-            try:
-                rec = json.loads(ln)
-            except json.JSONDecodeError:        # half a line written when the process was killed
-                continue
-            if rec.get("step", 0) <= step:
-                keep.append(ln)
-        path.write_text("".join(ln + "\n" for ln in keep))
 
 
 def dwt_losses(model, teacher, ids, attn, select, y, *, autocast=contextlib.nullcontext, alpha_hard=1.0,
