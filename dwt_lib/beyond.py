@@ -95,6 +95,9 @@ def check_arms(cfg, src: str) -> None:
             fail(f"{arm}.init", f"{init['kind']} takes no settings, got {sorted(init)}")
         _check_alpha(spec.get("alpha_soft"), f"{arm}.alpha_soft", target, fail)
         if spec.get("temperature") is not None:
+            if not isinstance(spec["temperature"], dict):
+                fail(f"{arm}.temperature", f"expected a schedule mapping with a kind ({', '.join(SCHEDULE_KINDS)}), "
+                                           f"e.g. {{kind: constant, value: 2.0}}, got {spec['temperature']!r}")
             try:
                 f = make_schedule(spec["temperature"])
             except ScheduleError as e:
@@ -239,6 +242,3 @@ class SmoothedTarget:
         q = torch.full((len(y), self.vocab_size), self.epsilon / self.vocab_size, device=y.device)
         q[torch.arange(len(y), device=y.device), y] += 1.0 - self.epsilon
         return q.log()
-
-    def eval(self):            # the loop treats it as a frozen teacher
-        return self

@@ -241,11 +241,12 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+# Notebook 06's arms (studies.beyond) too: a profile that lists arms lists all it runs (`beyond: {}`: none).
 # Schedule specs replace as a whole: merging {kind: linear} into {kind: constant, value: 1}
 # would leave a stray "value" key. Per-task maps too: a child's `epochs_per_task: {}` means "no task
 # differs", not "keep the parent's MRPC entry".
 _REPLACE_WHOLE = {"alpha_soft", "temperature", "epochs_per_task", "lr_per_task", "max_train_examples_per_task",
-                  "target", "init", "schedule"}
+                  "target", "init", "schedule", "beyond"}
 
 
 def _set_dotted(raw: dict, key: str, value: Any, src: str) -> None:

@@ -298,6 +298,12 @@ def beyond(result_path: Path, question: str):
     with; for the soft weight also the effective a_s and the teacher-aware arm's running hard losses, for
     growth the new layers' gate m."""
     res = read_json(result_path)
+    if question not in res["questions"]:
+        with plt.rc_context(STYLE):
+            fig, ax = plt.subplots(figsize=(6, 1.2))
+            ax.text(0.5, 0.5, f"no arm of this profile asks '{question}' (studies.beyond)", ha="center", va="center")
+            ax.set_axis_off()
+        return fig
     q = res["questions"][question]
     extra = {"soft_weight": ["a_s", "ema"], "growth": ["gate"]}.get(question, [])
     cycle = ["#55A868", "#C44E52", "#4C72B0", "#DD8452", "#8172B3", "#937860", "#DA8BC3"]

@@ -90,6 +90,16 @@ def test_existing_runs_keep_their_ids(profile):
         == len(set(base_arm_names(cfg)) - {"soft-normal"}) + len(arms)       # all new, all distinct
 
 
+def test_a_profile_lists_all_its_arms(tmp_path):
+    """`studies.beyond` replaces the parent's map: {} runs no arm, one arm runs only that one."""
+    p = tmp_path / "mine.yaml"
+    p.write_text("extends: smoke\nstudies: {beyond: {}}\n")
+    assert not [n for n in all_run_names(load_params(p)) if n.startswith("beyond-")]
+    p.write_text("extends: smoke\nstudies: {beyond: {hot: {question: temperature, teacher: weak, against: [dwt-weak],"
+                 "\n  temperature: {kind: constant, value: 4.0}}}}\n")
+    assert [n for n in all_run_names(load_params(p)) if n.startswith("beyond-")] == ["beyond-hot"]
+
+
 def test_plan_and_study_list_the_new_runs(capsys):
     from dwt_lib.plan import format_plan, make_plan
     cfg = load_params("mini")
@@ -113,6 +123,8 @@ def test_plan_and_study_list_the_new_runs(capsys):
     ("studies.beyond.grow.init", {"kind": "grow", "ramp_fraction": 0.8}, ["ramp_fraction", "first snapshot"]),
     ("studies.beyond.ki.against", ["dwt-strong"], ["studies.beyond.ki.against", "dwt-strong"]),
     ("studies.beyond.tau2-weak.question", "speed", ["question", "soft_weight, temperature"]),
+    ("studies.beyond.tau2-weak.temperature", {"kind": "expo"}, ["studies.beyond.tau2-weak.temperature", "expo",
+                                                                "constant, linear"]),
     ("studies.beyond.aware.alpha_soft", {"kind": "teacher_aware", "schedule": {"kind": "constant", "value": 1.0},
                                          "floor": 0.0, "decay_fraction": 0.1}, ["ema"]),
 ])
