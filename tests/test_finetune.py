@@ -96,3 +96,33 @@ def test_finetune_beats_majority_on_sst2(tokenizer, smoke_ft):
     assert r["n_train"] == 2000 and r["n_eval"] == 872
     assert r["majority_baseline"] == pytest.approx(100 * 444 / 872)
     assert r["score"] > r["majority_baseline"] + 10, r
+
+
+def test_length_grouped_batches_cover_every_example_once_per_epoch():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 120, size=1000).tolist()
+    s = ft_mod.LengthGroupedBatches(lengths, batch_size=32, generator=torch.Generator().manual_seed(5), window=4)
+    assert len(s) == 32                                    # ceil(1000 / 32)
+    epochs = [list(s), list(s)]
+    for batches in epochs:
+        assert len(batches) == len(s)
+        assert sorted(i for b in batches for i in b) == list(range(1000))
+        assert sum(len(b) < 32 for b in batches) == 1     # one short batch, as without grouping
+    assert epochs[0] != epochs[1]                          # reshuffled each epoch
+    # same generator seed, same batches (the run's seed fixes them)
+    again = ft_mod.LengthGroupedBatches(lengths, 32, torch.Generator().manual_seed(5), window=4)
+    assert list(again) == epochs[0]
+    # the point: far less padding than random batches of the same size
+    pad = lambda bs: sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for bs_ in [bs] for b in bs_)  # noqa: E731
+    perm = torch.randperm(1000, generator=torch.Generator().manual_seed(5)).tolist()
+    random_batches = [perm[k:k + 32] for k in range(0, 1000, 32)]
+    assert pad(epochs[0]) < 0.35 * pad(random_batches)    # measured 0.27 with windows of 4 batches
+
+
+def test_group_by_length_trains_on_the_same_examples(tokenizer, smoke_ft):
+    """group_by_length changes only the batching: same examples seen, same number of steps."""
+    base = dataclasses.replace(smoke_ft, max_train_examples=96, max_eval_examples=32, epochs=1, batch_size=16)
+    runs = [ft_mod.finetune(_tiny(len(tokenizer), "tiny-teacher-1l"), "sst2",
+                            dataclasses.replace(base, group_by_length=g), tokenizer, seed=1, progress=False)
+            for g in (False, True)]
+    assert runs[0]["steps"] == runs[1]["steps"] == 6 and runs[0]["n_train"] == runs[1]["n_train"] == 96
