@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 
 from .runs import read_json
 
@@ -96,7 +97,7 @@ def premise_curves(result_path: Path):
     colour = {n: blues[min(i, len(blues) - 1)] for i, n in enumerate(p["order"][1:])}
     colour["student"] = COLORS["student"]
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+        fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
         for run, curve in res.get("curves", {}).items():
             arm, seed = split_seed(run)
             if not curve or arm not in colour:
@@ -113,6 +114,7 @@ def premise_curves(result_path: Path):
         for ax in axes:
             ax.set_xlabel("tokens seen (M)")
         axes[0].legend(fontsize=8)
+        _premise_gaps(axes[2], p, colour)
         gaps = ", ".join(f"{g['gap']:+.3f}" for g in p["gaps"])
         verdict = "holds" if p["holds"] else "does not hold"
         need = (f"needed ≥ {p['required_gap']:.3f}" if p["required_gap"] == p["required_gap"]
@@ -122,6 +124,39 @@ def premise_curves(result_path: Path):
         fig.tight_layout()
         save(fig, result_path, "03_premise")
     return fig
+
+
+def _premise_gaps(ax, p: dict, colour: dict) -> None:
+    """Each adjacent gap (higher-loss model minus lower) against tokens, log scale, with its fitted trend
+    over the second half of the run extended (dotted: an extrapolation) to where it reaches the required gap."""
+    import math
+    need = p["required_gap"]
+    t_max = 0.0
+    for g in p["gaps"]:
+        tr = g["trend"]
+        if not tr["points"]:
+            continue
+        c = colour.get(g["higher"], "grey")
+        lo = "student" if g["lower"] == "student" else g["lower"][8:]
+        ax.plot([t / 1e6 for t, _ in tr["points"]], [y for _, y in tr["points"]], marker=".", color=c, lw=1.4,
+                label=f"{g['higher'][8:]} − {lo}")
+        t_max = max(t_max, tr["points"][-1][0])
+        if tr["fit"] is not None and not g["ok"]:
+            a, b = tr["fit"]
+            t0 = tr["points"][len(tr["points"]) // 2][0]
+            t1 = tr["tokens_needed"] if tr["tokens_needed"] and not tr["beyond"] else 30 * tr["tokens_now"]
+            ts = [t0 * (t1 / t0) ** (i / 40) for i in range(41)]
+            ax.plot([t / 1e6 for t in ts], [a + b * math.log(t) for t in ts], ls=":", color=c, lw=1.2)
+            if tr["tokens_needed"] and not tr["beyond"] and tr["tokens_needed"] > tr["tokens_now"]:
+                ax.plot([tr["tokens_needed"] / 1e6], [need], marker="o", color=c, mfc="white")
+    if need == need:
+        ax.axhline(need, color="black", lw=0.8, ls="--", label=f"required gap {need:.3f}")
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_ylabel("loss gap (nats; > 0: the larger model is better)")
+    ax.set_title("gaps, and their trend extrapolated (dotted)", fontsize=9)
+    ax.legend(fontsize=7)
 
 
 def over_training(result_path: Path, name: str):

@@ -7,12 +7,96 @@ student < weak < very weak < extremely weak. A gap is counted only when it is at
 pre-training seeds (sample std of its final loss): a smaller gap could be one seed's luck. The
 student's masked-token accuracy is reported against :data:`ACCURACY_AIM` (the unigram plateau, where
 a model predicts the most frequent tokens, sits near 5-13% here).
+
+Where a gap is too small, :func:`gap_trend` extrapolates it: a straight line through the gap against
+log(tokens) over the second half of the run, and the token count where that line reaches the required gap.
+An extrapolation from one short run with a decaying learning rate, labelled as one wherever it is shown.
 """
 from __future__ import annotations
+
+import math
 
 MIN_GAP_NATS = 0.05
 SPREAD_FACTOR = 2.0
 ACCURACY_AIM = 0.20
+
+
+#: Fraction of a run (by tokens) after which the gap's trend is fitted: the first half holds the warm-up
+#: and the escape from the unigram plateau, where every model moves alike.
+TREND_FROM = 0.5
+#: Beyond this multiple of the run's tokens an extrapolated budget is reported as "beyond" it, not as a number.
+TREND_MAX_FACTOR = 1000.0
+
+
+def mean_curve(curves: dict, arm: str) -> list[tuple[float, float]]:
+    """(tokens, held-out loss) of ``arm`` averaged over its pre-training seeds (``arm``, ``arm:s43``, ...)
+    at the evaluation points they share."""
+    from .studies import split_seed
+    runs = [c for n, c in curves.items() if split_seed(n)[0] == arm and c]
+    if not runs:
+        return []
+    common = set.intersection(*({round(p["tokens"]) for p in c} for c in runs))
+    by_t = {}
+    for c in runs:
+        for p in c:
+            if round(p["tokens"]) in common:
+                by_t.setdefault(round(p["tokens"]), []).append(p["mlm_loss"])
+    return [(float(t), sum(v) / len(v)) for t, v in sorted(by_t.items())]
+
+
+def gap_trend(curves: dict, lower: str, higher: str, need: float) -> dict:
+    """How the gap ``higher`` - ``lower`` (held-out loss; positive = ``lower`` is better) moves with tokens.
+
+    Fits ``gap = a + b ln(tokens)`` by least squares over the evaluation points after :data:`TREND_FROM`
+    of the run (both curves at the same points; seeds averaged). Returns ``points`` (tokens, gap) of the
+    whole run, ``fit`` (a, b) or None with fewer than 3 points, ``tokens_now`` (the run's last point),
+    ``tokens_needed`` (where the line reaches ``need``: the run's own tokens if already there; None if the
+    gap is not growing or ``need`` is unknown) and ``beyond`` (tokens_needed over
+    :data:`TREND_MAX_FACTOR` x the run's tokens)."""
+    lo, hi = dict(mean_curve(curves, lower)), dict(mean_curve(curves, higher))
+    pts = [(t, hi[t] - lo[t]) for t in sorted(set(lo) & set(hi))]
+    out = {"lower": lower, "higher": higher, "need": need, "points": pts, "fit": None, "tokens_now": None,
+           "tokens_needed": None, "beyond": False}
+    if not pts:
+        return out
+    t_end = pts[-1][0]
+    out["tokens_now"] = t_end
+    tail = [(t, g) for t, g in pts if t >= TREND_FROM * t_end]
+    if len(tail) < 3:
+        return out
+    xs = [math.log(t) for t, _ in tail]
+    ys = [g for _, g in tail]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx > 0 else 0.0
+    a = my - b * mx
+    out["fit"] = (a, b)
+    if need != need:                          # nan: one pre-training seed, required gap unknown
+        return out
+    if a + b * math.log(t_end) >= need:
+        out["tokens_needed"] = t_end
+    elif b > 0:
+        t_need = math.exp((need - a) / b) if (need - a) / b < 700 else math.inf
+        out["tokens_needed"] = t_need
+        out["beyond"] = t_need > TREND_MAX_FACTOR * t_end
+    return out
+
+
+def _budget_words(tr: dict) -> str:
+    lo, hi = _label(tr["lower"]), _label(tr["higher"])
+    if tr["fit"] is None:
+        return f"{lo} vs {hi}: too few evaluation points to fit a trend"
+    b = tr["fit"][1]
+    per = f"{b * math.log(2):+.3f} nats per doubling of tokens"
+    if tr["tokens_needed"] is None:
+        return f"{lo} vs {hi}: the gap is not growing ({per}), so no token budget opens it on this trend"
+    if tr["tokens_needed"] <= tr["tokens_now"]:
+        return f"{lo} vs {hi}: already at the required gap"
+    if tr["beyond"]:
+        return (f"{lo} vs {hi}: {per}; the required gap lies beyond {TREND_MAX_FACTOR:g}x this run's "
+                f"{tr['tokens_now'] / 1e6:.1f}M tokens")
+    return (f"{lo} vs {hi}: {per}, reaching the required gap after ~{tr['tokens_needed'] / 1e6:,.0f}M tokens "
+            f"({tr['tokens_needed'] / tr['tokens_now']:,.0f}x this run's {tr['tokens_now'] / 1e6:.1f}M)")
 
 
 def premise(res: dict) -> dict:
@@ -34,6 +118,9 @@ def premise(res: dict) -> dict:
     acc = runs["student"]["mlm_accuracy"]
     ordered = all(g["gap"] > 0 for g in gaps)
     gaps_ok = all(g["ok"] for g in gaps)
+    curves = res.get("curves", {})
+    for g in gaps:
+        g["trend"] = gap_trend(curves, g["lower"], g["higher"], need)
     return {"order": order, "loss": loss, "gaps": gaps, "student_spread": sd, "required_gap": need,
             "student_seeds": runs["student"].get("pretrain_seeds", [None]), "ordered": ordered,
             "gaps_ok": gaps_ok, "holds": ordered and gaps_ok, "accuracy": acc, "accuracy_ok": acc >= ACCURACY_AIM}
@@ -68,6 +155,11 @@ def premise_check(res: dict) -> str:
         if sd != sd:
             text += ("; " if bad else ": ") + "with one pre-training seed the gaps cannot be told from seed noise"
         text += "."
+    if not p["holds"]:
+        short = [g for g in p["gaps"] if not g["ok"]]
+        text += (" Extrapolated (a straight line through each short gap against log tokens over the second half "
+                 "of the run; one run with a decaying learning rate, so a rough guide, not a measurement): "
+                 + "; ".join(_budget_words(g["trend"]) for g in short) + ".")
     text += (f" The student's masked-token accuracy is {p['accuracy']:.1%} "
              f"({'at or above' if p['accuracy_ok'] else 'below'} the {ACCURACY_AIM:.0%} aim).")
     return text

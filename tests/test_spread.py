@@ -118,3 +118,59 @@ def test_premise_figure_from_result_file(tmp_path):
     fig = plots.premise_curves(p)
     assert "Premise holds" in fig._suptitle.get_text()
     assert len(fig.axes[0].lines) == 3 and (tmp_path / "figures" / "03_premise.png").stat().st_size > 1000
+
+
+# ----------------------------------------------------------------------------- the premise's extrapolated budget
+
+def _curves(gap_fn, n=10, t_end=2.4e6, base=6.5):
+    """Student (two seeds, equal) and weak-teacher curves whose gap at tokens t is ``gap_fn(t)``."""
+    ts = [t_end * (i + 1) / n for i in range(n)]
+    st = [{"tokens": t, "mlm_loss": base - 0.1 * i, "mlm_accuracy": 0.1} for i, t in enumerate(ts)]
+    return {"student": st, "student:s43": [dict(p) for p in st],
+            "teacher-weak": [{"tokens": p["tokens"], "mlm_loss": p["mlm_loss"] + gap_fn(p["tokens"]),
+                              "mlm_accuracy": 0.1} for p in st]}
+
+
+def test_gap_trend_recovers_a_log_linear_gap_and_its_budget():
+    from dwt_lib.premise import gap_trend
+    a, b = -0.15, 0.012                                  # gap = a + b ln t: 0.026 at 2.4M tokens
+    tr = gap_trend(_curves(lambda t: a + b * math.log(t)), "student", "teacher-weak", need=0.05)
+    assert tr["fit"][0] == pytest.approx(a, abs=1e-9) and tr["fit"][1] == pytest.approx(b, abs=1e-9)
+    assert tr["tokens_now"] == pytest.approx(2.4e6)
+    assert tr["tokens_needed"] == pytest.approx(math.exp((0.05 - a) / b), rel=1e-6)   # ~17M tokens
+    assert not tr["beyond"] and len(tr["points"]) == 10
+
+
+def test_gap_trend_fits_only_the_second_half():
+    from dwt_lib.premise import gap_trend
+    # a big early gap that closes, then a flat 0.02: the fit sees only the flat part -> not growing
+    tr = gap_trend(_curves(lambda t: 0.3 if t < 1.1e6 else 0.02), "student", "teacher-weak", need=0.05)
+    assert tr["fit"][1] == pytest.approx(0.0, abs=1e-12) and tr["tokens_needed"] is None
+
+
+@pytest.mark.parametrize("gap, need, expect", [
+    (lambda t: 0.08, 0.05, "now"),                       # already there
+    (lambda t: 0.02 - 1e-9 * t, 0.05, None),             # shrinking
+    (lambda t: 0.02 + 1e-4 * math.log(t), 0.05, "beyond"),   # growing, but 1000x the run is not enough
+    (lambda t: 0.02 + 0.01 * math.log(t), float("nan"), None),   # one seed: the required gap is unknown
+])
+def test_gap_trend_edge_cases(gap, need, expect):
+    from dwt_lib.premise import gap_trend
+    tr = gap_trend(_curves(gap), "student", "teacher-weak", need=need)
+    if expect == "now":
+        assert tr["tokens_needed"] == tr["tokens_now"]
+    elif expect == "beyond":
+        assert tr["beyond"] and tr["tokens_needed"] > 1000 * tr["tokens_now"]
+    else:
+        assert tr["tokens_needed"] is None
+
+
+def test_premise_check_reports_the_extrapolated_budget():
+    res = _res([6.00, 6.01], 6.03, 6.20, 6.30, acc=0.14)
+    res["curves"] = _curves(lambda t: -0.15 + 0.012 * math.log(t), base=6.3)
+    text = premise_check(res)
+    assert "Extrapolated" in text and "rough guide" in text
+    assert "standalone student vs weak teacher: +0.008 nats per doubling of tokens" in text
+    assert "x this run's 2.4M)" in text
+    # only the short gap is extrapolated: the teachers' gaps (0.17, 0.10) already pass
+    assert "weak teacher vs very weak teacher" not in text
