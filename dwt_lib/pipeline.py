@@ -7,7 +7,7 @@ disk, memory bounded by the batch, not the corpus (HF ``run_mlm.py`` / Megatron 
 2. **Text pass** (``map``, batched, ``num_proc``): clean, split sentences, count words; the document's
    validation draw ``sha256(seed:key)``. Workers take contiguous shards and datasets concatenates them in
    order, so the output does not depend on ``num_proc`` (no leftovers carried between batches).
-3. **Sampling plan** (main process, arrays of one number per document, as Megatron keeps document lengths):
+3. **Sampling plan** (:mod:`dwt_lib.sampling`; main process, arrays of one number per document, as Megatron keeps document lengths):
    documents in the global order (corpora interleaved round-robin), an exclusive prefix sum of sentence
    counts gives each document's first global sentence index, hence which of its sentences are 1 in N and how
    many survive ``max_sentences``. Validation documents by hash.
@@ -33,6 +33,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from . import corpus
+from .sampling import interleave_order, sampling_plan, validation_from_draws, windows
 
 TOKENIZER_SAMPLE_SENTENCES = 2_000_000   # tokenizer training reads at most this many training sentences
 BATCH_BYTES = 8 << 20                    # text per map batch (a few books, or ~5k Wikipedia articles)
@@ -154,51 +155,7 @@ def _map(ds, fn, work: Path, name: str, num_proc: int, fingerprint: str, fn_kwar
                   load_from_cache_file=False, desc=desc)
 
 
-# ----------------------------------------------------------------------------- 3. plan
-
-def interleave_order(sizes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Corpus and row of each position of the round-robin interleaving (row 0 of each corpus, then row 1, ...)."""
-    sizes = np.asarray(sizes, dtype=np.int64)
-    rows = np.concatenate([np.arange(n, dtype=np.int64) for n in sizes]) if len(sizes) else np.zeros(0, np.int64)
-    cors = np.repeat(np.arange(len(sizes)), sizes)
-    o = np.lexsort((cors, rows))                      # by row (round), then corpus
-    return cors[o], rows[o]
-
-
-def sampling_plan(n_sentences: np.ndarray, every: int, max_sentences: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Per document (global order): local index of its first kept sentence and how many it keeps.
-
-    The same rule as :func:`dwt_lib.corpus.sample_sentences`: sentence ``g`` (global running index) is kept
-    when ``g % every == 0``, then the first ``max_sentences`` kept ones overall.
-    """
-    n = np.asarray(n_sentences, dtype=np.int64)
-    g = np.cumsum(n) - n                              # global index of each document's first sentence
-    first = (-g) % every
-    kept = np.where(n > first, (n - first + every - 1) // every, 0)
-    if max_sentences is not None:
-        before = np.cumsum(kept) - kept
-        kept = np.clip(max_sentences - before, 0, kept)
-    return first, kept
-
-
-def validation_from_draws(u: np.ndarray, fraction: float) -> np.ndarray:
-    """:func:`dwt_lib.corpus.validation_mask` from precomputed draws: ``u < fraction``, at least one."""
-    mask = u < fraction
-    if len(u) and not mask.any():
-        mask[int(np.argmin(u))] = True
-    return mask
-
-
-def _windows(weights: np.ndarray, cap: int) -> Iterator[tuple[int, int]]:
-    """Split ``range(len(weights))`` into consecutive windows of total weight about ``cap`` (>= 1 item each)."""
-    c = np.cumsum(weights)
-    i = 0
-    while i < len(weights):
-        base = c[i - 1] if i else 0
-        j = max(i + 1, int(np.searchsorted(c, base + cap, side="right")))
-        yield i, min(j, len(weights))
-        i = j
-
+# ----------------------------------------------------------------------------- 3. plan: dwt_lib/sampling.py
 
 # ----------------------------------------------------------------------------- 4. tokenizer sample
 
@@ -314,7 +271,7 @@ def gather(packed: list, order: tuple, is_val: np.ndarray, out: Path, L: int, dt
              True: open_memmap(out / "validation.npy", "w+", dtype, (int(nb[is_val].sum()), L))}
     cursor = {False: 0, True: 0}
     acc = {"sent_words": np.zeros(1, np.int64), "sent_tokens": np.zeros(1, np.int64), "block_len": np.zeros(1, np.int64)}
-    for a, b in _windows(np.maximum(nb, 1), WINDOW_ITEMS):
+    for a, b in windows(np.maximum(nb, 1), WINDOW_ITEMS):
         sl = {}
         for k in np.unique(cors[a:b]):
             r = rows[a:b][cors[a:b] == k]
