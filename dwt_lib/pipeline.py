@@ -7,8 +7,8 @@ disk, memory bounded by the batch, not the corpus (HF ``run_mlm.py`` / Megatron 
 2. **Text pass** (``map``, batched, ``num_proc``): clean, split sentences, count words; the document's
    validation draw ``sha256(seed:key)``. Workers take contiguous shards and datasets concatenates them in
    order, so the output does not depend on ``num_proc`` (no leftovers carried between batches).
-3. **Sampling plan** (:mod:`dwt_lib.sampling`; main process, arrays of one number per document, as Megatron keeps document lengths):
-   documents in the global order (corpora interleaved round-robin), an exclusive prefix sum of sentence
+3. **Sampling plan** (:mod:`dwt_lib.sampling`; main process, arrays of one number per document, as Megatron
+   keeps document lengths): documents in the global order (corpora interleaved round-robin), an exclusive prefix sum of sentence
    counts gives each document's first global sentence index, hence which of its sentences are 1 in N and how
    many survive ``max_sentences``. Validation documents by hash.
 4. **Tokenizer**: loaded, or trained on at most ``TOKENIZER_SAMPLE_SENTENCES`` training sentences taken
