@@ -102,6 +102,9 @@ def format_plan(plan: dict) -> str:
 # Words in the paper's corpora when their data is not prepared here: BERT's own figures (Devlin et al.:
 # BooksCorpus 800M words, English Wikipedia 2,500M). Keyed by Hub id.
 ASSUMED_CORPUS_WORDS = {"wikimedia/wikipedia": 2.5e9, "bookcorpus/bookcorpus": 0.8e9}
+# Words per row of those corpora, for a profile that caps documents (max_documents): Wikipedia ~6.4M
+# articles for 2.5B words; BookCorpus 74M one-sentence rows for 0.8B words.
+ASSUMED_WORDS_PER_ROW = {"wikimedia/wikipedia": 390.0, "bookcorpus/bookcorpus": 10.8}
 # bench/bench_data_scale.py on the offline mirror (BERT tokenizer, num_proc 1): words per CPU-second of the
 # build (load-independent; the wall-clock figures were taken on a shared, busy machine). Used until this
 # machine has prepared data of its own to time.
@@ -124,10 +127,21 @@ def _latest_stats(root) -> dict | None:
     return best[1] if best else None
 
 
+def _corpus_words(c, default_max_documents) -> float | None:
+    """Assumed words read from one corpus: the whole corpus, or its first ``max_documents`` documents
+    (a document is ``rows_per_document`` rows when set)."""
+    words = ASSUMED_CORPUS_WORDS.get(c.id)
+    cap = c.max_documents if c.max_documents is not None else default_max_documents
+    if words is None or cap is None:
+        return words
+    return min(words, cap * (c.rows_per_document or 1) * ASSUMED_WORDS_PER_ROW[c.id])
+
+
 def data_prep_estimate(cfg: Config, cores: int | None = None) -> dict:
     """Words, tokens, block bytes on disk and wall time on ``cores`` processes for preparing ``cfg.data``.
 
-    Exact when this data is prepared (its stats); otherwise words from :data:`ASSUMED_CORPUS_WORDS` and
+    Exact when this data is prepared (its stats); otherwise words from :data:`ASSUMED_CORPUS_WORDS` (or the
+    profile's document caps times :data:`ASSUMED_WORDS_PER_ROW`) and
     throughput measured by the most recent preparation in the cache (else the bench's figure).
     """
     import os
@@ -145,7 +159,7 @@ def data_prep_estimate(cfg: Config, cores: int | None = None) -> dict:
                 "tokens": s["tokens_after_sampling"], "blocks_bytes": (s["train_blocks"] + s["validation_blocks"])
                 * dc.max_seq_length * (2 if s["vocab_size"] <= 65536 else 4), "cores": s.get("num_proc") or 1,
                 "hours": secs / 3600, "words_per_s_per_proc": s["words_before_sampling"] / secs / (s.get("num_proc") or 1)}
-    known = [ASSUMED_CORPUS_WORDS.get(c.id) for c in dc.corpora]
+    known = [_corpus_words(c, dc.max_documents) for c in dc.corpora]
     words = None if None in known else float(sum(known))
     last = _latest_stats(cache_root())
     if last:

@@ -316,3 +316,7 @@ def test_plan_estimates_data_preparation(small, tmp_path, monkeypatch):
     assert e["words"] == 3.3e9 and e["tokens"] == pytest.approx(3.3e9 * e["tokens"] / e["words"])
     assert e["tokens"] < e["words"] / paper.data.sample_every * 2 and 0 < e["hours_64"] < e["hours"]
     assert "3.3e+09 words" in format_data_estimate(e) and "h on 8 core(s)" in format_data_estimate(e)
+    # a profile that caps documents reads that many, not the whole corpus (mini: 1,500 articles, 2,400
+    # BookCorpus documents of 256 rows)
+    mini = data_prep_estimate(load_params("mini"), cores=2)
+    assert mini["words"] == pytest.approx(1500 * 390 + 2400 * 256 * 10.8)
