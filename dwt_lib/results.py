@@ -120,6 +120,7 @@ def teacher_quality(cfg: Config, progress: bool = True) -> dict:
         "dwt_gain_se": {r: gain[r]["se_finetune"] for r in roles},
         "dwt_gain_compare": gain,
         "teacher_gap": {r: runs[f"teacher-{r}"]["glue_avg"] - base for r in roles},
+        "teacher_gap_compare": {r: spread.compare(seeds(f"teacher-{r}"), seeds("student")) for r in roles},
         "curves": {r: eval_curve(cfg, r) for n in ["student"] + [f"teacher-{x}" for x in roles]
                    for r in seed_runs(cfg, n)},
         "size_ratio": {r: runs[f"teacher-{r}"]["params"] / runs["student"]["params"] for r in roles},
@@ -198,7 +199,30 @@ def teacher_quality_summary(res: dict) -> str:
                  f"those are resolved (larger than twice the larger of the two standard errors, over fine-tuning "
                  f"and over pre-training seeds).")
     parts.append(chance_check(res["scores"]))
+    if "teacher_gap_compare" in res:
+        parts.append(evaluation_check(res)["text"])
     return " ".join(parts)
+
+
+def evaluation_check(res: dict) -> dict:
+    """Can this evaluation resolve the paper's effects? From a teacher-quality result: the tasks on which the
+    standalone student's mean beats its majority-class baseline, and whether its GLUE average exceeds the
+    smallest teacher's by more than twice the larger standard error (:func:`spread.resolved`). ``ok`` when
+    the student beats the baseline on every task but at most one and that gap is resolved."""
+    st = {s["task"]: s for s in res["scores"] if s["run"] == "student" and s["fraction"] == 1.0}
+    below = sorted(t for t, s in st.items() if not s["mean"] > (s.get("majority_baseline") or 0.0))
+    smallest = min(res["roles"], key=lambda r: res["size_ratio"][r])
+    cmp = res["teacher_gap_compare"][smallest]
+    lead = -cmp["diff"]                                          # student minus teacher
+    gap_ok = lead > 0 and cmp["resolved"]
+    ok = len(below) <= 1 and gap_ok
+    text = (f"Resolving power: the standalone student beats the majority-class baseline on "
+            f"{len(st) - len(below)} of {len(st)} tasks" + (f" (not on {', '.join(below)})" if below else "")
+            + f", and its GLUE average is {lead:+.2f} against the {smallest.replace('_', ' ')} teacher's "
+            f"({cmp['verdict']}): this evaluation {'can' if ok else 'cannot'} resolve differences of that size"
+            + ("." if ok else " (the aim: above the baseline on all tasks but at most one, and that gap resolved)."))
+    return {"tasks_below_baseline": below, "lead_over_smallest_teacher": lead, "compare": cmp, "ok": ok,
+            "text": text}
 
 
 # ----------------------------------------------------------------------------- Fig. 3 and 4

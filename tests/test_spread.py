@@ -174,3 +174,33 @@ def test_premise_check_reports_the_extrapolated_budget():
     assert "x this run's 2.4M)" in text
     # only the short gap is extrapolated: the teachers' gaps (0.17, 0.10) already pass
     assert "weak teacher vs very weak teacher" not in text
+
+
+# ----------------------------------------------------------------------------- the evaluation's resolving power
+
+def _eval_res(student_means, baselines, student_avgs, teacher_avgs):
+    from dwt_lib import spread as sp
+    scores = [{"run": "student", "fraction": 1.0, "task": t, "mean": m, "majority_baseline": b}
+              for t, m, b in zip(["sst2", "cola", "mrpc"], student_means, baselines)]
+    cmp = sp.compare((teacher_avgs, teacher_avgs[:1]), (student_avgs, student_avgs[:2]))
+    return {"scores": scores, "roles": ["weak", "extremely_weak"], "size_ratio": {"weak": 0.8, "extremely_weak": 0.5},
+            "teacher_gap_compare": {"weak": None, "extremely_weak": cmp}}
+
+
+def test_evaluation_check_passes_when_the_student_clears_baselines_and_the_smallest_teacher():
+    from dwt_lib.results import evaluation_check
+    e = evaluation_check(_eval_res([80.0, 12.0, 68.0], [50.9, 0.0, 68.4], [60.0, 60.5, 61.0], [55.0, 55.2, 54.8]))
+    assert e["ok"] and e["tasks_below_baseline"] == ["mrpc"]          # one task at the baseline is allowed
+    assert e["lead_over_smallest_teacher"] == pytest.approx(5.5)
+    assert "2 of 3 tasks (not on mrpc)" in e["text"] and "can resolve" in e["text"]
+
+
+@pytest.mark.parametrize("means, student, teacher", [
+    ([80.0, 0.0, 68.0], [60.0, 60.5, 61.0], [55.0, 55.2, 54.8]),   # two tasks at the baseline
+    ([80.0, 12.0, 70.0], [60.0, 58.0, 62.0], [59.0, 59.5, 58.5]),   # lead within the noise
+    ([80.0, 12.0, 70.0], [55.0, 55.2, 54.8], [60.0, 60.5, 61.0]),   # the smallest teacher is better
+])
+def test_evaluation_check_fails_and_says_so(means, student, teacher):
+    from dwt_lib.results import evaluation_check
+    e = evaluation_check(_eval_res(means, [50.9, 0.0, 68.4], student, teacher))
+    assert not e["ok"] and "cannot resolve" in e["text"]
