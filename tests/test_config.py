@@ -191,3 +191,17 @@ def test_per_task_finetune_settings_resolve_per_task(tmp_path):
     other = cfg.replace(**{"finetune.lr_per_task": {"cola": 2e-5}})
     same = lambda t: studies.finetune_run(cfg, "student", t, 1).id == studies.finetune_run(other, "student", t, 1).id
     assert same("sst2") and not same("cola")
+
+
+def test_per_task_maps_replace_the_parents_whole(tmp_path):
+    """`epochs_per_task: {}` in a child means no task differs (paper.yaml's MRPC 5 epochs is not kept)."""
+    path = _write(tmp_path, "child.yaml", """\
+        extends: paper
+        finetune:
+          epochs_per_task: {}
+          lr_per_task: {cola: 1.0e-4}
+        """)
+    c = load_params(path)
+    assert load_params("paper").finetune.epochs_per_task == {"mrpc": 5.0}
+    assert c.finetune.epochs_per_task == {} and c.finetune.lr_per_task == {"cola": 1e-4}
+    assert load_params("mini").finetune.epochs_per_task == {}
