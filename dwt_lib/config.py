@@ -4,7 +4,8 @@ A profile is a YAML file. It may say ``extends: <other profile>`` and then list 
 differences; mappings merge key by key, everything else (lists, scalars) replaces.
 ``load_params`` validates every key against the dataclasses below and raises one
 :class:`ConfigError` naming the file and the key path, e.g.
-``params/smoke.yaml: pretrain.lr: expected a positive number, got -1``.
+``params/smoke.yaml: pretrain.lr: expected a positive number, got -1`` (value rules:
+:mod:`dwt_lib.config_checks`).
 """
 from __future__ import annotations
 
@@ -298,7 +299,8 @@ def _build(cls: type, raw: Any, src: str, prefix: str) -> Any:
         raise ConfigError(f"{src}: {prefix}{k}: unknown key (allowed: {', '.join(sorted(names))})")
     kwargs = {k: _coerce(hints[k], v, src, f"{prefix}{k}") for k, v in raw.items()}
     obj = cls(**kwargs)
-    _check_values(obj, src, prefix)
+    from .config_checks import check_values      # impossible values, per section (a module of its own)
+    check_values(obj, src, prefix)
     return obj
 
 
@@ -342,169 +344,6 @@ def _coerce(tp: Any, v: Any, src: str, key: str) -> Any:
             raise ConfigError(f"{src}: {key}: expected a string, got {v!r}")
         return v
     return v
-
-
-def _fail(src: str, key: str, what: str, got: Any) -> None:
-    raise ConfigError(f"{src}: {key}: expected {what}, got {got!r}")
-
-
-def _check_values(obj: Any, src: str, prefix: str) -> None:
-    """Impossible values, per section."""
-    p = prefix
-    if isinstance(obj, PretrainConfig):
-        for k in ("lr", "epochs", "adam_eps", "max_grad_norm"):
-            if getattr(obj, k) <= 0:
-                _fail(src, p + k, "a positive number", getattr(obj, k))
-        for k in ("batch_size_per_device", "grad_accum_steps", "log_every", "eval_every",
-                  "checkpoint_every", "eval_batches"):
-            if getattr(obj, k) < 1:
-                _fail(src, p + k, "an integer >= 1", getattr(obj, k))
-        if obj.max_steps is not None and obj.max_steps < 1:
-            _fail(src, p + "max_steps", "an integer >= 1 or null", obj.max_steps)
-        if not 0 <= obj.warmup_fraction < 1:
-            _fail(src, p + "warmup_fraction", "a fraction in [0, 1)", obj.warmup_fraction)
-        if obj.weight_decay < 0:
-            _fail(src, p + "weight_decay", "a number >= 0", obj.weight_decay)
-        if obj.precision not in ("fp32", "bf16"):
-            _fail(src, p + "precision", "one of fp32, bf16", obj.precision)
-        if any(not 0 < f <= 1 for f in obj.snapshot_fractions):
-            _fail(src, p + "snapshot_fractions", "fractions in (0, 1]", list(obj.snapshot_fractions))
-    elif isinstance(obj, DataConfig):
-        if obj.sample_every < 1:
-            _fail(src, p + "sample_every", "an integer >= 1", obj.sample_every)
-        if not 0 < obj.mlm_probability < 1:
-            _fail(src, p + "mlm_probability", "a probability in (0, 1)", obj.mlm_probability)
-        if not 0 < obj.validation_fraction < 1:
-            _fail(src, p + "validation_fraction", "a fraction in (0, 1)", obj.validation_fraction)
-        if obj.max_seq_length < 8:
-            _fail(src, p + "max_seq_length", "an integer >= 8", obj.max_seq_length)
-        if obj.vocab_size < 100:
-            _fail(src, p + "vocab_size", "an integer >= 100", obj.vocab_size)
-        if not obj.corpora:
-            _fail(src, p + "corpora", "at least one corpus", [])
-        for i, c in enumerate(obj.corpora):
-            if c.max_documents is not None and c.max_documents < 1:
-                _fail(src, f"{p}corpora[{i}].max_documents", "an integer >= 1 or null", c.max_documents)
-            if c.rows_per_document is not None and c.rows_per_document < 1:
-                _fail(src, f"{p}corpora[{i}].rows_per_document", "an integer >= 1 or null (null: a row is a "
-                      "document)", c.rows_per_document)
-            if c.mirror and c.id.startswith("sample:"):
-                _fail(src, f"{p}corpora[{i}].mirror", "null for a sample: source (the sample is read as is)", c.mirror)
-    elif isinstance(obj, DistillConfig):
-        if obj.alpha_hard < 0:
-            _fail(src, p + "alpha_hard", "a number >= 0", obj.alpha_hard)
-        if obj.soft_loss_positions not in ("masked", "all"):
-            _fail(src, p + "soft_loss_positions", "one of masked, all", obj.soft_loss_positions)
-        _check_schedule(obj.alpha_soft, src, p + "alpha_soft", positive=False)
-        _check_schedule(obj.temperature, src, p + "temperature", positive=True)
-    elif isinstance(obj, FinetuneConfig):
-        if obj.lr <= 0:
-            _fail(src, p + "lr", "a positive number", obj.lr)
-        if obj.epochs <= 0:
-            _fail(src, p + "epochs", "a positive number", obj.epochs)
-        if obj.batch_size < 1:
-            _fail(src, p + "batch_size", "an integer >= 1", obj.batch_size)
-        if not obj.seeds:
-            _fail(src, p + "seeds", "at least one seed", [])
-        if any(v <= 0 for v in obj.lr_grid):
-            _fail(src, p + "lr_grid", "positive learning rates (or [] for no selection)", list(obj.lr_grid))
-        _check_per_task(obj, src, p)
-    elif isinstance(obj, StudiesConfig):
-        for name, spec in obj.soft_weight.items():
-            _check_schedule(spec, src, f"{p}soft_weight.{name}", positive=False)
-    elif isinstance(obj, LaunchConfig):
-        if obj.num_processes < 1:
-            _fail(src, p + "num_processes", "an integer >= 1", obj.num_processes)
-        if obj.device not in ("auto", "cpu", "cuda"):
-            _fail(src, p + "device", "one of auto, cpu, cuda", obj.device)
-        if obj.finetune_workers < 1:
-            _fail(src, p + "finetune_workers", "an integer >= 1", obj.finetune_workers)
-        if obj.peak_tflops <= 0:
-            _fail(src, p + "peak_tflops", "a positive number", obj.peak_tflops)
-        if not 0 < obj.assumed_mfu <= 1:
-            _fail(src, p + "assumed_mfu", "a fraction in (0, 1]", obj.assumed_mfu)
-    elif isinstance(obj, Config):
-        _check_models(obj, src)
-
-
-def _check_per_task(ft: FinetuneConfig, src: str, p: str) -> None:
-    """Per-task settings name known GLUE tasks and hold positive numbers (caps: integers >= 1 or null)."""
-    from .glue import TASKS
-    for k in ("epochs_per_task", "lr_per_task", "max_train_examples_per_task"):
-        for task, v in getattr(ft, k).items():
-            if task not in TASKS:
-                _fail(src, f"{p}{k}.{task}", f"a GLUE task name ({', '.join(TASKS)})", task)
-            if isinstance(v, str) and k != "max_train_examples_per_task":   # YAML 1.1 reads "5e-5" as a string
-                try:
-                    v = getattr(ft, k)[task] = float(v)
-                except ValueError:
-                    pass
-            if k == "max_train_examples_per_task":
-                if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                    _fail(src, f"{p}{k}.{task}", "an integer >= 1 or null (the whole training set)", v)
-            elif isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-                _fail(src, f"{p}{k}.{task}", "a positive number", v)
-    for k in ("max_train_examples", "max_eval_examples"):
-        if getattr(ft, k) is not None and getattr(ft, k) < 1:
-            _fail(src, p + k, "an integer >= 1 or null (the whole split)", getattr(ft, k))
-
-
-def _check_schedule(spec: dict, src: str, key: str, positive: bool) -> None:
-    from .schedules import ScheduleError, make_schedule
-    try:
-        f = make_schedule(spec)
-    except ScheduleError as e:
-        raise ConfigError(f"{src}: {key}: {e}") from None
-    for s in (0, 1, 50, 99, 100):
-        v = f(s, 100)
-        if (positive and v <= 0) or v < 0:
-            _fail(src, key, "a schedule of positive values" if positive else "a schedule of values >= 0", spec)
-
-
-def _check_models(cfg: Config, src: str) -> None:
-    from . import models
-    for name, spec in cfg.model.sizes.items():
-        try:
-            models.size_from_spec(spec)
-        except models.SizeError as e:
-            key = f"model.sizes.{name}" + (f".{e.key}" if e.key else "")
-            raise ConfigError(f"{src}: {key}: {e}") from None
-    sizes = [("model.student", cfg.model.student)] + [
-        (f"model.teachers.{r}", s) for r, s in cfg.model.teachers.items()]
-    for key, name in sizes:
-        if name not in cfg.model.sizes and name not in models.SIZES:
-            defined = f"model.sizes: {', '.join(sorted(cfg.model.sizes))}; " if cfg.model.sizes else ""
-            raise ConfigError(f"{src}: {key}: unknown model size {name!r}: neither in model.sizes nor a "
-                              f"preset ({defined}presets: {', '.join(sorted(models.SIZES))})")
-    for key, name in sizes:
-        pinned = models.resolve_size(name, cfg.model.sizes).get("vocab_size")
-        if pinned is not None and pinned != cfg.data.vocab_size:
-            raise ConfigError(f"{src}: {key}: size {name!r} has vocab {pinned}, but data.vocab_size is "
-                              f"{cfg.data.vocab_size}: teacher and student must share one vocabulary")
-    for role in cfg.studies.teacher_quality:
-        if role not in cfg.model.teachers:
-            raise ConfigError(f"{src}: studies.teacher_quality: teacher {role!r} is not in model.teachers "
-                              f"({', '.join(cfg.model.teachers)})")
-    _check_pretrain_seeds(cfg, src)
-    from .beyond import check_arms
-    check_arms(cfg, src)
-    for k in ("param_remap_teacher", "soft_weight_teacher"):
-        role = getattr(cfg.studies, k)
-        if role not in cfg.model.teachers:
-            raise ConfigError(f"{src}: studies.{k}: teacher {role!r} is not in model.teachers "
-                              f"({', '.join(cfg.model.teachers)})")
-
-
-def _check_pretrain_seeds(cfg: Config, src: str) -> None:
-    from .studies import arm_names
-    known = arm_names(cfg) if cfg.studies.pretrain_seeds else []
-    for name, seeds in cfg.studies.pretrain_seeds.items():
-        key = f"studies.pretrain_seeds.{name}"
-        if name not in known:
-            _fail(src, key, f"a run name of this profile ({', '.join(known)})", name)
-        if (not isinstance(seeds, list) or not seeds
-                or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)):
-            _fail(src, key, "a non-empty list of integer seeds >= 0", seeds)
 
 
 def config_from_dict(d: dict, src: str = "<config.json>") -> Config:
