@@ -1,7 +1,8 @@
 """Typed, frozen configuration loaded from ``params/<profile>.yaml``.
 
 A profile is a YAML file. It may say ``extends: <other profile>`` and then list only its
-differences; mappings merge key by key, everything else (lists, scalars) replaces.
+differences; mappings merge key by key (except those in ``_REPLACE_WHOLE``: schedules, per-task maps,
+``studies.beyond``, which a child replaces whole), everything else (lists, scalars) replaces.
 ``load_params`` validates every key against the dataclasses below and raises one
 :class:`ConfigError` naming the file and the key path, e.g.
 ``params/smoke.yaml: pretrain.lr: expected a positive number, got -1`` (value rules:
