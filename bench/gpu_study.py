@@ -33,7 +33,7 @@ from dwt_lib.models import (SparseMLM, build_model, classifier_logits, resolve_s
 from dwt_lib.pretrain import Prefetcher, batch_indices, dwt_losses, make_optimizer
 
 SMOKE = {"model.sizes": {"s": {"layers": 2, "hidden": 32, "heads": 2}, "t": {"layers": 1, "hidden": 32, "heads": 2}},
-         "model.student": "s", "model.teachers": {"weak": "t"}, "studies.teacher_quality": ["weak"],
+         "model.student": "s", "model.teachers": {"weak": "t"}, "studies.teacher_quality": ["weak"], "studies.beyond": {},
          "studies.soft_weight_teacher": "weak", "studies.param_remap_teacher": "weak",
          "data.vocab_size": 300, "data.max_seq_length": 32, "pretrain.batch_size_per_device": 4,
          "finetune.batch_size": 4, "launch.device": "auto", "launch.finetune_workers": 1}

@@ -23,7 +23,8 @@ GLUE_TRAIN = {"cola": 8551, "sst2": 67349, "mrpc": 3668, "stsb": 5749, "rte": 24
 
 @pytest.fixture(scope="module")
 def gpu():
-    return load_params("gpu")
+    """The gpu profile's notebooks 01-05 (the 10-minute plan); notebook 06's arms are checked apart."""
+    return load_params("gpu", {"studies.beyond": {}})
 
 
 def test_gpu_profile_loads_with_its_launch_config(gpu):
@@ -48,6 +49,9 @@ def test_gpu_profile_loads_with_its_launch_config(gpu):
 
 
 def test_gpu_study_plan_lists_every_run(gpu):
+    full = all_run_names(load_params("gpu"))                          # with notebook 06's arms, after 01-05's
+    assert full[:len(all_run_names(gpu))] == all_run_names(gpu)
+    assert len([n for n in full if n.startswith("beyond-")]) == 6
     assert all_run_names(gpu) == [
         "teacher-weak", "teacher-very_weak", "teacher-extremely_weak", "student",
         "dwt-weak", "dwt-very_weak", "dwt-extremely_weak", "soft-normal", "soft-strong", "soft-decay", "remap-weak"]
