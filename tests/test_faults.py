@@ -401,14 +401,15 @@ def test_ctrl_c_prints_one_line_with_the_step(tmp_path):
     over = {**FAULT, "pretrain.max_steps": 4000, "pretrain.checkpoint_every": 2}
     proc = subprocess.Popen([sys.executable, "-m", "dwt_lib.cli", "pretrain", "--profile", "smoke", "--run",
                              "student", *sets(over)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            # an earlier test may leave SIGINT ignored in this process, and an ignored signal
+                            # stays ignored across exec (Python then installs no KeyboardInterrupt handler)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.time()
     while not list(tmp_path.glob("smoke/runs/student-*/progress.json")):      # written after a checkpoint
         assert proc.poll() is None and time.time() - t0 < 240, proc.communicate()
         time.sleep(0.05)
-    # Once seen in CI (2026-11-29): a single SIGINT right after the first checkpoint was lost and the run
-    # finished. Not diagnosed; a user presses Ctrl-C again, so does the test (at most every 2 s), and the
-    # run is long enough (4,000 steps) not to finish first.
+    # Pressed again every 2 s (as a user would) until the run stops; 4,000 steps so it cannot finish first.
     for _ in range(30):
         proc.send_signal(signal.SIGINT)
         try:
