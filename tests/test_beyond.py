@@ -16,11 +16,11 @@ import torch
 from safetensors.torch import load_file
 
 from dwt_lib import beyond, growth
-from dwt_lib import pretrain as pt
 from dwt_lib.config import ConfigError, jsonable, load_params
 from dwt_lib.losses import soft_loss
 from dwt_lib.models import SparseMLM, build_model
 from dwt_lib.runs import Run, outputs_dir
+from helpers import interrupt_at
 from dwt_lib.schedules import make_schedule
 from dwt_lib.studies import _base_key, all_run_names, base_arm_names, ensure_pretrained, named_run, study_runs
 
@@ -193,18 +193,6 @@ def test_teacher_aware_weight_resumes_identically():
     assert head + go(beyond.TeacherAwareWeight(spec, 30), range(cross + 1, 30)) != whole
 
 
-def _interrupt_at(monkeypatch, n: int) -> None:
-    calls, real = {"n": 0}, pt.hard_loss
-
-    def hard(logits, y, *a, **k):
-        if logits.requires_grad:
-            calls["n"] += 1
-            if calls["n"] == n:
-                raise KeyboardInterrupt
-        return real(logits, y, *a, **k)
-    monkeypatch.setattr(pt, "hard_loss", hard)
-
-
 def test_teacher_aware_run_resumed_matches_uninterrupted(tmp_path, monkeypatch):
     """A teacher-aware run killed after its checkpoint at step 2 resumes to the same log (EMAs, a_s) and weights."""
     over = {**RUN, "studies.beyond.aware.teacher": "extremely_weak",
@@ -218,7 +206,7 @@ def test_teacher_aware_run_resumed_matches_uninterrupted(tmp_path, monkeypatch):
     monkeypatch.setenv("DWT_OUTPUTS_DIR", str(tmp_path / "b"))
     ensure_pretrained(cfg, "teacher-extremely_weak", progress=False)
     with monkeypatch.context() as mp:
-        _interrupt_at(mp, 3)
+        interrupt_at(mp, 3)
         with pytest.raises(KeyboardInterrupt):
             ensure_pretrained(cfg, "beyond-aware", progress=False)
     ckpt = torch.load(named_run(cfg, "beyond-aware").dir / "checkpoints" / "last.pt", weights_only=False)

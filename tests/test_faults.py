@@ -26,6 +26,7 @@ from dwt_lib import checkpoints, cli, errors, preflight, runs
 from dwt_lib import pretrain as pt
 from dwt_lib.config import load_params
 from dwt_lib.studies import ensure_pretrained, named_run
+from helpers import interrupt_at
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -96,21 +97,6 @@ def finished(outputs, reference, reference_dir):
 def outputs(tmp_path, monkeypatch):
     monkeypatch.setenv("DWT_OUTPUTS_DIR", str(tmp_path))
     return tmp_path
-
-
-def interrupt_at(monkeypatch, n: int) -> None:
-    """Ctrl-C during the ``n``-th training step (the held-out eval is not counted)."""
-    calls = {"n": 0}
-    real = pt.hard_loss
-
-    def hard(logits, y, *a, **k):
-        if logits.requires_grad:
-            calls["n"] += 1
-            if calls["n"] == n:
-                raise KeyboardInterrupt
-        return real(logits, y, *a, **k)
-
-    monkeypatch.setattr(pt, "hard_loss", hard)
 
 
 def assert_heals_to(cfg, name: str, reference: dict) -> dict:
