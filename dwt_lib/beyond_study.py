@@ -7,12 +7,12 @@ compared with (``against``) come from the registry, trained only if missing.
 """
 from __future__ import annotations
 
-from . import preflight, spread
+from . import spread
 from .beyond import QUESTIONS, run_name
 from .config import Config
-from .results import _arm_seed_averages, _arm_summary, _task_scores, chance_check, read_log, result_path
+from .results import _arm_seed_averages, chance_check, result_path, snapshot_scores
 from .runs import read_json_or_none, write_result
-from .studies import ensure_pretrained, named_run, seed_runs, selected_lrs, study_runs, study_scores
+from .studies import ensure_pretrained, named_run, study_runs
 
 TITLES = {
     "soft_weight": "Soft-weight schedules: teacher-aware and Knowledge-Inheritance decay",
@@ -39,12 +39,8 @@ def run_study(cfg: Config, progress: bool = True) -> dict:
     """Train (or reuse) every arm and the runs it is compared with, fine-tune each snapshot on the study tasks
     (``studies.soft_weight_tasks``, as notebooks 04-05), and write ``results/beyond.json``."""
     names = study_runs(cfg, "beyond")
-    tasks = [t for t in cfg.studies.soft_weight_tasks if t in cfg.finetune.tasks] or list(cfg.finetune.tasks)
-    fractions = sorted(cfg.pretrain.snapshot_fractions)
-    all_runs = [r for n in names for r in seed_runs(cfg, n)]
-    preflight.check(cfg, all_runs, tasks, fractions)                      # before any training step
-    runs = {n: _arm_summary(cfg, n) for n in names}
-    scores = _task_scores(study_scores(cfg, all_runs, tasks, fractions, progress))
+    common = snapshot_scores(cfg, names, progress)
+    fractions, scores = common["fractions"], common["scores"]
     seeds = {(n, f): _arm_seed_averages(scores, n, f) for n in names for f in fractions}
     questions = {}
     for arm, spec in cfg.studies.beyond.items():
@@ -59,17 +55,16 @@ def run_study(cfg: Config, progress: bool = True) -> dict:
     by_fraction = {n: [{"fraction": f, "mean": sum(seeds[(n, f)][0]) / len(seeds[(n, f)][0]),
                         "lo": min(seeds[(n, f)][0]), "hi": max(seeds[(n, f)][0])} for f in fractions] for n in names}
     arms = [run_name(a) for a in cfg.studies.beyond]
+    done = {n: ensure_pretrained(cfg, n) for n in arms}                  # finished: read, not trained
     payload = {
-        "study": "beyond", "tasks": tasks, "fractions": fractions, "seeds": list(cfg.finetune.seeds),
-        "runs": runs, "scores": scores, "score_by_fraction": by_fraction,
-        "logs": {n: read_log(cfg, n) for n in names},
+        "study": "beyond", **common, "score_by_fraction": by_fraction,
         "specs": {run_name(a): s for a, s in cfg.studies.beyond.items()},
         "questions": {q: questions[q] for q in QUESTIONS if q in questions},
-        "aware": {n: ensure_pretrained(cfg, n).get("aware") for n in arms if ensure_pretrained(cfg, n).get("aware")},
+        "aware": {n: r["aware"] for n, r in done.items() if r.get("aware")},
         "grow_checks": {n: read_json_or_none(named_run(cfg, n).dir / "grow_report.json") for n in arms
                         if named_run(cfg, n).key.get("init") == "grow"},
-        "steps": {n: ensure_pretrained(cfg, n)["steps"] for n in arms},
-        "paper": PAPER, "lr_selection": selected_lrs(cfg, tasks),
+        "steps": {n: r["steps"] for n, r in done.items()},
+        "paper": PAPER,
     }
     return write_result(result_path(cfg, "beyond"), cfg, payload)
 

@@ -16,7 +16,7 @@ from .glue import glue_average
 from .premise import premise_check  # noqa: F401  (re-exported: the summary's first sentence)
 from .runs import outputs_dir, read_json, write_result
 from .studies import (ensure_pretrained, named_run, pretrain_seed, seed_runs, selected_lrs, split_seed, study_runs,
-                      study_scores)
+                      study_scores, with_lrs)
 
 #: What the paper reports (Fig. 2 and Sec. 3.1), shown beside our numbers and labelled as the paper's.
 PAPER_FIG2 = {
@@ -102,7 +102,8 @@ def teacher_quality(cfg: Config, progress: bool = True) -> dict:
     preflight.check(cfg, all_runs, list(cfg.finetune.tasks), [1.0])       # before any training step
     runs = {n: _arm_summary(cfg, n) for n in names}
     tasks = list(cfg.finetune.tasks)
-    scores = _task_scores(study_scores(cfg, all_runs, tasks, (1.0,), progress))
+    lrs = selected_lrs(cfg, tasks, progress)                              # finetune.lr_grid, on the student
+    scores = _task_scores(study_scores(with_lrs(cfg, lrs), all_runs, tasks, (1.0,), progress))
     for n in names:
         per_task = {s["task"]: s["mean"] for s in scores if s["run"] == n}
         runs[n]["glue_avg"] = glue_average(per_task)
@@ -125,7 +126,7 @@ def teacher_quality(cfg: Config, progress: bool = True) -> dict:
                    for r in seed_runs(cfg, n)},
         "size_ratio": {r: runs[f"teacher-{r}"]["params"] / runs["student"]["params"] for r in roles},
         "paper": PAPER_FIG2,
-        "lr_selection": selected_lrs(cfg, tasks),
+        "lr_selection": lrs,
     }
     return write_result(result_path(cfg, "teacher_quality"), cfg, payload)
 
@@ -227,19 +228,27 @@ def evaluation_check(res: dict) -> dict:
 
 # ----------------------------------------------------------------------------- Fig. 3 and 4
 
-def over_training(cfg: Config, study: str, progress: bool = True) -> dict:
-    """Soft-weight (Fig. 3) or parameter-remapping (Fig. 4) study: fine-tune every snapshot of the
-    study's runs on the study tasks; keep the pre-training loss curves. Writes ``results/<study>.json``."""
-    names = study_runs(cfg, study)
+def snapshot_scores(cfg: Config, names: list[str], progress: bool = True) -> dict:
+    """Train (or reuse) ``names`` and every pre-training seed of them, fine-tune each snapshot on the study
+    tasks (``studies.soft_weight_tasks``), lrs chosen as :func:`teacher_quality` chooses them. The common part
+    of the over-training studies' result files: ``tasks``, ``fractions``, ``seeds``, ``runs`` (summaries),
+    ``scores`` (per arm, fraction, task), ``logs``, ``lr_selection``."""
     tasks = [t for t in cfg.studies.soft_weight_tasks if t in cfg.finetune.tasks] or list(cfg.finetune.tasks)
     fractions = sorted(cfg.pretrain.snapshot_fractions)
     all_runs = [r for n in names for r in seed_runs(cfg, n)]
     preflight.check(cfg, all_runs, tasks, fractions)                      # before any training step
     runs = {n: _arm_summary(cfg, n) for n in names}
-    scores = _task_scores(study_scores(cfg, all_runs, tasks, fractions, progress))
-    payload = {"study": study, "tasks": tasks, "fractions": fractions, "seeds": list(cfg.finetune.seeds),
-               "runs": runs, "scores": scores, "logs": {n: read_log(cfg, n) for n in names},
-               "lr_selection": selected_lrs(cfg, tasks)}
+    lrs = selected_lrs(cfg, tasks, progress)
+    scores = _task_scores(study_scores(with_lrs(cfg, lrs), all_runs, tasks, fractions, progress))
+    return {"tasks": tasks, "fractions": fractions, "seeds": list(cfg.finetune.seeds), "runs": runs,
+            "scores": scores, "logs": {n: read_log(cfg, n) for n in names}, "lr_selection": lrs}
+
+
+def over_training(cfg: Config, study: str, progress: bool = True) -> dict:
+    """Soft-weight (Fig. 3) or parameter-remapping (Fig. 4) study: fine-tune every snapshot of the
+    study's runs on the study tasks; keep the pre-training loss curves. Writes ``results/<study>.json``."""
+    names = study_runs(cfg, study)
+    payload = {"study": study, **snapshot_scores(cfg, names, progress)}
     if study == "soft_weight":
         payload["schedules"] = {n: cfg.studies.soft_weight[n[5:]] for n in names}
     if study == "param_remap":

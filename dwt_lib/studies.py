@@ -327,13 +327,18 @@ def selected_lrs(cfg: Config, tasks: list[str], progress: bool = False) -> dict:
     return out
 
 
-def with_selected_lrs(cfg: Config, tasks: list[str], progress: bool = False) -> Config:
-    """``cfg`` with ``finetune.lr_per_task`` completed from :func:`selected_lrs` (unchanged without a grid)."""
-    sel = selected_lrs(cfg, tasks, progress)
-    if not sel:
+def with_lrs(cfg: Config, selection: dict) -> Config:
+    """``cfg`` with ``finetune.lr_per_task`` completed from a :func:`selected_lrs` result (unchanged if empty);
+    its tasks are then fixed, so a later selection on it trains and reads nothing."""
+    if not selection:
         return cfg
     return cfg.replace(**{"finetune.lr_per_task": {**cfg.finetune.lr_per_task,
-                                                   **{t: s["lr"] for t, s in sel.items()}}})
+                                                   **{t: s["lr"] for t, s in selection.items()}}})
+
+
+def with_selected_lrs(cfg: Config, tasks: list[str], progress: bool = False) -> Config:
+    """``cfg`` with ``finetune.lr_per_task`` completed from :func:`selected_lrs` (unchanged without a grid)."""
+    return with_lrs(cfg, selected_lrs(cfg, tasks, progress))
 
 
 def finetune_parallel(cfg: Config, jobs: list[tuple], workers: int, progress: bool = True) -> None:
