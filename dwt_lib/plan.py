@@ -201,9 +201,9 @@ GLUE_TRAIN_SIZES = {"cola": 8551, "sst2": 67349, "mrpc": 3668, "stsb": 5749, "rt
 def finetune_jobs(cfg: Config) -> list[tuple[str, float, str, int]]:
     """Every distinct fine-tuning run the three studies need: (pre-training run, fraction, task, seed).
 
-    Teacher quality: each of its runs at the end of pre-training on every task; soft weight,
-    remapping and notebook 06 (beyond): each snapshot on the study tasks; every pre-training seed of an arm (``student:s43``); with
-    ``finetune.lr_grid``, the student's extra grid runs (counted, not named exactly: which grid lr is chosen
+    Teacher quality: each of its runs at the end of pre-training on every task; soft weight, remapping and
+    notebook 06 (beyond): each snapshot on the study tasks; every pre-training seed of an arm (``student:s43``);
+    with ``finetune.lr_grid``, the student's extra grid runs (counted, not named exactly: which grid lr is chosen
     is known only after them). Two names of one run (``soft-normal`` = ``dwt-weak``) count once, as the
     registry trains them once."""
     from .studies import finetune_run, seed_runs, study_runs

@@ -130,6 +130,8 @@ def _premise_gaps(ax, p: dict, colour: dict) -> None:
     """Each adjacent gap (higher-loss model minus lower) against tokens, log scale, with its fitted trend
     over the second half of the run extended (dotted: an extrapolation) to where it reaches the required gap."""
     import math
+
+    from .premise import TREND_FROM
     need = p["required_gap"]
     t_max = 0.0
     for g in p["gaps"]:
@@ -143,7 +145,7 @@ def _premise_gaps(ax, p: dict, colour: dict) -> None:
         t_max = max(t_max, tr["points"][-1][0])
         if tr["fit"] is not None and not g["ok"]:
             a, b = tr["fit"]
-            t0 = tr["points"][len(tr["points"]) // 2][0]
+            t0 = TREND_FROM * tr["tokens_now"]                # where the fit starts (the run's second half)
             t1 = tr["tokens_needed"] if tr["tokens_needed"] and not tr["beyond"] else 30 * tr["tokens_now"]
             ts = [t0 * (t1 / t0) ** (i / 40) for i in range(41)]
             ax.plot([t / 1e6 for t in ts], [a + b * math.log(t) for t in ts], ls=":", color=c, lw=1.2)
