@@ -62,9 +62,15 @@ def teacher_quality(result_path: Path):
             g = res["dwt_gain"][role]
             ax.annotate("", xy=(s["params"] / 1e6, s["glue_avg"]), xytext=(t["params"] / 1e6, t["glue_avg"]),
                         arrowprops=dict(arrowstyle="->", color="#888888", lw=1, shrinkA=6, shrinkB=6))
-            mid = ((t["params"] + s["params"]) / 2e6, (t["glue_avg"] + s["glue_avg"]) / 2)
-            ax.annotate(f"{g:+.2f} (paper {res['paper']['dwt_gain'][role]:+.2f})", mid, fontsize=8,
-                        color="#2a7a3a" if g > 0 else "#a33", ha="center",
+            # 40% of the way from the teacher: clear of the next teacher's name, which sits near the midpoint
+            mid = ((0.6 * t["params"] + 0.4 * s["params"]) / 1e6, 0.6 * t["glue_avg"] + 0.4 * s["glue_avg"])
+            cmp = res.get("dwt_gain_compare", {}).get(role)
+            ok = bool(cmp and cmp["resolved"])
+            big = max(cmp["se_finetune"], cmp["se_pretrain"]) if cmp else float("nan")
+            noise = f" ({abs(g) / big:.1f} SE)" if not ok and big > 0 else (" (?)" if not ok else "")
+            # grey: not resolved (the title counts the resolved ones)
+            ax.annotate(f"{g:+.2f}{noise}, paper {res['paper']['dwt_gain'][role]:+.2f}",
+                        mid, fontsize=8, color=("#2a7a3a" if g > 0 else "#a33") if ok else "#777777", ha="center",
                         bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.8))
         # students share one x: list them in a column to the right instead of labels on top of each other
         studs = sorted((n for n in runs if not n.startswith("teacher-")), key=lambda n: -runs[n]["glue_avg"])
@@ -79,7 +85,9 @@ def teacher_quality(result_path: Path):
         ax.legend(uniq.values(), uniq.keys(), loc="best", fontsize=8)
         ax.set_xlabel("parameters (M)")
         ax.set_ylabel(f"GLUE average ({', '.join(res['tasks'])})")
-        ax.set_title(f"Teacher quality ({res['provenance']['profile']} profile): DWT gain over the standalone student")
+        n_ok = sum(bool((res.get("dwt_gain_compare", {}).get(r) or {}).get("resolved")) for r in res["roles"])
+        ax.set_title(f"Teacher quality ({res['provenance']['profile']} profile): DWT gain over the standalone student; "
+                     f"{n_ok} of {len(res['roles'])} resolved (> 2 SE)", fontsize=10)
         save(fig, result_path, "03_teacher_quality")
     return fig
 
@@ -202,7 +210,12 @@ def over_training(result_path: Path, name: str):
         axes[0][0].set_ylabel("validation score")
         if handles:
             fig.legend(handles.values(), handles.keys(), fontsize=8, loc="outside right center")
-        fig.suptitle(f"{_title(res)} ({res['provenance']['profile']} profile; {len(res['seeds'])} seed(s))")
+        from .results import over_training_comparisons
+        comps = over_training_comparisons(res)
+        said = (f"\n{sum(c['resolved'] for c in comps)} of {len(comps)} differences resolved (> 2 SE)"
+                if comps else "")
+        fig.suptitle(f"{_title(res)} ({res['provenance']['profile']} profile; {len(res['seeds'])} seed(s)){said}",
+                     fontsize=10)
         save(fig, result_path, name)
     return fig
 
@@ -228,6 +241,10 @@ def loss_curves(result_path: Path, name: str):
             ax.set_title(t, fontsize=9)
             ax.set_xlabel("step")
         axes[2].legend(fontsize=8)
+        a_s = {r["alpha_soft"] for log in res["logs"].values() for r in log}
+        if len(a_s) == 1:           # one flat line: say so, rather than a zoomed axis around it
+            axes[2].text(0.5, 0.35, f"a_s = {a_s.pop():g} throughout, for every run", transform=axes[2].transAxes,
+                         ha="center", fontsize=9, color="#555555")
         save(fig, result_path, name)
     return fig
 

@@ -293,33 +293,48 @@ def _run_means(scores: list[dict], frac: float) -> tuple[dict, dict]:
     return {run: sum(v[0]) / len(v[0]) for run, v in per_seed.items()}, per_seed
 
 
-def _compare(a: str, b: str, m: dict, ps: dict) -> str:
-    c = spread.compare(ps[a], ps[b])
-    return f"{a} − {b} = {c['diff']:+.2f} ({c['verdict']})"
+def over_training_comparisons(res: dict) -> list[dict]:
+    """The differences an over-training study is about, each ``{"a", "b", "fraction", **spread.compare}``
+    (a - b): soft weight: Strong - Normal at the first snapshot, Normal - Strong and Decay - Normal at the
+    last (the paper's claims); remapping: random init - remapped at the first and last snapshot."""
+    first, last = min(res["fractions"]), max(res["fractions"])
+    ps = {first: _run_means(res["scores"], first)[1], last: _run_means(res["scores"], last)[1]}
+    arms = set(ps[last])
+    pairs = []
+    if res["study"] == "soft_weight" and {"soft-normal", "soft-strong"} <= arms:
+        pairs = [("soft-strong", "soft-normal", first), ("soft-normal", "soft-strong", last)]
+        pairs += [("soft-decay", "soft-normal", last)] if "soft-decay" in arms else []
+    elif res["study"] == "param_remap":
+        pro = next(r for r in ps[last] if r.startswith("remap-"))
+        prx = next(r for r in ps[last] if not r.startswith("remap-"))
+        pairs = [(prx, pro, first), (prx, pro, last)]
+    return [{"a": a, "b": b, "fraction": f, **spread.compare(ps[f][a], ps[f][b])} for a, b, f in pairs]
+
+
+def _said(c: dict) -> str:
+    return f"{c['a']} − {c['b']} = {c['diff']:+.2f} ({c['verdict']})"
 
 
 def over_training_summary(res: dict) -> str:
     """One paragraph from the numbers: the paper's claim for this study, and what this run measured."""
     first, last = min(res["fractions"]), max(res["fractions"])
-    (m0, p0), (m1, p1) = _run_means(res["scores"], first), _run_means(res["scores"], last)
+    m0, m1 = _run_means(res["scores"], first)[0], _run_means(res["scores"], last)[0]
     n_pt = {n: len(r.get("pretrain_seeds", [None])) for n, r in res["runs"].items()}
     head = (f"Mean score over {', '.join(res['tasks'])}, {len(res['seeds'])} fine-tuning seed(s) and "
             + ", ".join(f"{k} {v}" for k, v in n_pt.items()) + " pre-training seed(s), at "
             f"{first:.0%} and {last:.0%} of pre-training: "
             + "; ".join(f"{r} {m0[r]:.2f} → {m1[r]:.2f}" for r in m1) + ". ")
     losses = "Final held-out MLM loss: " + ", ".join(f"{n} {r['mlm_loss']:.3f}" for n, r in res["runs"].items()) + "."
-    if res["study"] == "soft_weight" and {"soft-normal", "soft-strong"} <= set(m1):
+    c = over_training_comparisons(res)
+    if res["study"] == "soft_weight" and c:
         text = (f"The paper: Strong (a_s = 4) ahead early, Normal (a_s = 1) ahead at the end. Here, at {first:.0%}: "
-                f"{_compare('soft-strong', 'soft-normal', m0, p0)}; at {last:.0%}: "
-                f"{_compare('soft-normal', 'soft-strong', m1, p1)}.")
-        if "soft-decay" in m1:
-            text += f" The recommended decay 4 → 1 at the end: {_compare('soft-decay', 'soft-normal', m1, p1)}."
+                f"{_said(c[0])}; at {last:.0%}: {_said(c[1])}.")
+        if len(c) > 2:
+            text += f" The recommended decay 4 → 1 at the end: {_said(c[2])}."
     elif res["study"] == "param_remap":
-        pro = next(r for r in m1 if r.startswith("remap-"))
-        prx = next(r for r in m1 if not r.startswith("remap-"))
         rc = res.get("remap_check", {})
-        text = (f"The paper: random initialisation (PR X, {prx}) ahead of remapping (PR O, {pro}) throughout. "
-                f"Here, at {first:.0%}: {_compare(prx, pro, m0, p0)}; at {last:.0%}: {_compare(prx, pro, m1, p1)}. "
+        text = (f"The paper: random initialisation (PR X, {c[0]['a']}) ahead of remapping (PR O, {c[0]['b']}) "
+                f"throughout. Here, at {first:.0%}: {_said(c[0])}; at {last:.0%}: {_said(c[1])}. "
                 f"Remap check: {rc.get('copied_and_equal')} of {rc.get('compared')} copied tensors equal the "
                 f"teacher's at initialisation.")
     else:

@@ -10,7 +10,7 @@ import torch
 
 matplotlib.use("Agg")
 
-from dwt_lib import cli, explore, plots  # noqa: E402
+from dwt_lib import cli, explore, plots, results  # noqa: E402
 from dwt_lib.config import load_params  # noqa: E402
 from dwt_lib.runs import atomic_write_json, outputs_dir  # noqa: E402
 from dwt_lib.studies import named_run  # noqa: E402
@@ -165,6 +165,11 @@ def test_over_training_says_when_every_model_is_at_the_baseline(tmp_path):
     cola, sst2 = fig.axes[:2]
     assert not cola.lines[1:] and "majority-class" in " ".join(t.get_text() for t in cola.texts)
     assert len(sst2.lines) == 2 and not sst2.texts
+    # the title counts the resolved differences (the summary's comparisons): none here, the seeds overlap
+    comps = results.over_training_comparisons(json.loads(_over_training_result(tmp_path).read_text()))
+    assert [(c["a"], c["b"], c["fraction"]) for c in comps] == [("soft-strong", "soft-normal", 0.5),
+                                                                ("soft-normal", "soft-strong", 1.0)]
+    assert "0 of 2 differences resolved" in fig._suptitle.get_text()
     fig.canvas.draw()
     r = fig.canvas.get_renderer()
     top_of_panels = max(ax.title.get_window_extent(r).y1 for ax in (cola, sst2))

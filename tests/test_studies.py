@@ -6,7 +6,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from dwt_lib import plots, results, studies
+from dwt_lib import plots, results, spread, studies
 from dwt_lib.config import load_params
 from dwt_lib.plan import format_plan, make_plan
 
@@ -87,7 +87,15 @@ def test_teacher_quality_figure_from_result_file(tmp_path):
     p = tmp_path / "results" / "teacher_quality.json"
     p.parent.mkdir()
     p.write_text(json.dumps(res))
-    plots.teacher_quality(p)
+    fig = plots.teacher_quality(p)
+    assert "0 of 2 resolved" in fig.axes[0].get_title()              # no comparisons in the file: none resolved
+    res["dwt_gain_compare"] = {"weak": spread.compare(([63.0, 63.2, 62.8], [63.0, 63.1]), ([62.0, 62.1, 61.9], [62.0, 62.05])),
+                               "very_weak": spread.compare(([61, 63, 59], [61.0]), ([62, 60, 64], [62.0]))}
+    p.write_text(json.dumps(res))
+    ax = plots.teacher_quality(p).axes[0]
+    labels = [t.get_text() for t in ax.texts]
+    assert "1 of 2 resolved" in ax.get_title()
+    assert "+1.00, paper +1.44" in labels and "-1.00 (0.6 SE), paper -1.37" in labels, labels
     assert (tmp_path / "figures" / "03_teacher_quality.png").exists()
     assert (tmp_path / "figures" / "03_teacher_quality.svg").exists()
 
