@@ -6,6 +6,16 @@ environment (``--sys-prefix``), so it never leaks into another environment's ker
 need it: ``dwt reproduce`` runs papermill with the current environment's kernel and ``make test`` runs nbval with
 ``--nbval-current-env``.
 
+Widget callbacks run on the kernel's main thread: JupyterLab >= 4.4 sends widget messages to kernel subshells
+(``commsOverSubshells``, default ``perCommTarget``), which ipykernel >= 7 runs on their own threads, and matplotlib
+is not thread-safe: a redraw racing another draw can end in a traceback inside ``fig.tight_layout()``
+(matplotlib/ipympl#610, jupyterlab/jupyterlab#19719). A slider redraw ended that way once in CI; whether through
+this race is not established (here the callbacks ran on the main thread with and without the setting), but the
+setting removes the race. ``make lab`` sets that setting's default to
+``disabled`` for this environment (``<env>/etc/jupyter/labconfig/default_setting_overrides.json``; a user's own
+setting still wins). A JupyterLab started otherwise: Settings > Settings Editor > Kernel > "Kernel Comms over
+subshells" > Disabled.
+
     python -m dwt_lib.lab [--port 8888] [--root notebooks] [--register-only]
 """
 from __future__ import annotations
@@ -35,6 +45,29 @@ def register_kernel(prefix: Optional[str] = None) -> Path:
     folder and put ``<prefix>/share/jupyter`` on ``JUPYTER_PATH``. Returns the kernelspec's folder."""
     from ipykernel.kernelspec import install
     return Path(install(kernel_name=KERNEL_NAME, display_name=display_name(), prefix=prefix or sys.prefix))
+
+
+# JupyterLab's setting that sends widget messages to kernel subshells (threads; see the module docstring).
+SUBSHELL_SETTING = ("@jupyterlab/apputils-extension:kernels-settings", "commsOverSubshells")
+
+
+def set_lab_defaults(config_dir: Optional[Path] = None) -> Path:
+    """Default ``commsOverSubshells`` to ``disabled`` in ``<config_dir>/labconfig/default_setting_overrides.json``
+    (``config_dir``: this environment's ``<sys.prefix>/etc/jupyter``, a folder on JupyterLab's config path),
+    keeping whatever else the file holds. Written atomically; returns the file."""
+    import json
+    path = Path(config_dir or Path(sys.prefix) / "etc" / "jupyter") / "labconfig" / "default_setting_overrides.json"
+    try:
+        current = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}): fix or delete it, then run `make lab` again") from None
+    plugin, key = SUBSHELL_SETTING
+    current.setdefault(plugin, {})[key] = "disabled"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(current, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -81,6 +114,10 @@ def main(argv=None) -> int:
         return 2
     where = register_kernel()
     print(f"kernel '{KERNEL_NAME}' ({display_name()}) -> {where}")
+    try:
+        print(f"widget callbacks on the kernel's main thread (commsOverSubshells: disabled) -> {set_lab_defaults()}")
+    except (OSError, ValueError) as e:
+        print(f"make lab: could not set JupyterLab's default commsOverSubshells: {e}", file=sys.stderr)
     if args.register_only:
         return 0
     token = secrets.token_hex(16)

@@ -86,6 +86,7 @@ def lab_server(tmp_path):
     (config / "labconfig").mkdir(parents=True)
     (config / "labconfig" / "page_config.json").write_text(json.dumps(
         {"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}))
+    lab.set_lab_defaults(config)           # what `make lab` writes into the environment's config
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(config), JUPYTER_DATA_DIR=str(tmp_path / "data"),
                JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
                JUPYTER_PATH=os.pathsep.join(filter(None, [str(kernels / "share" / "jupyter"),
@@ -137,6 +138,10 @@ def test_skips_with_reason_without_chromium(monkeypatch):
 def test_notebook_02_runs_in_jupyterlab(chromium, lab_server, tmp_path):
     chrome, sync_api = chromium
     url, token, root, log = lab_server
+    # Widget callbacks on the kernel's main thread: the server's kernel setting says so (lab.set_lab_defaults).
+    plugin, key = lab.SUBSHELL_SETTING
+    setting = json.loads(_get(f"{url}lab/api/settings/{plugin}?token={token}"))
+    assert setting["settings"].get(key, setting["schema"]["properties"][key]["default"]) == "disabled", setting
     shot = Path(os.environ.get("DWT_LAB_SCREENSHOT") or
                 Path(os.environ.get("DWT_OUTPUTS_DIR", REPO / "outputs")) / "lab" / "02_loss_derivation.png")
     with sync_api.sync_playwright() as p:
