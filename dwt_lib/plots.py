@@ -397,7 +397,10 @@ def beyond(result_path: Path, question: str):
             ax.title.set_fontsize(9)
         axes[1].legend(fontsize=7)
         from .beyond_study import TITLES
+        last = max(res["fractions"])
+        at_end = [c for c in res["questions"][question]["comparisons"] if c["fraction"] == last]
         fig.suptitle(f"{TITLES[question]} ({res['provenance']['profile']} profile; {len(res['seeds'])} fine-tuning "
-                     f"seed(s))", fontsize=10)
+                     f"seed(s))\n{sum(c['resolved'] for c in at_end)} of {len(at_end)} differences at the end "
+                     f"resolved (> 2 SE)", fontsize=10)
         save(fig, result_path, f"06_{question}")
     return fig

@@ -320,3 +320,21 @@ def test_grow_run_starts_at_the_teacher_and_opens_its_gates(outputs):
     teacher = load_file(str(named_run(cfg, "teacher-weak").dir / "model" / "model.safetensors"))
     assert torch.equal(init["bert.encoder.layer.5.attention.self.query.weight"],
                        teacher["bert.encoder.layer.3.attention.self.query.weight"])
+
+
+def test_figure_titles_count_the_resolved_differences(tmp_path):
+    """Each notebook-06 figure says how many of its end-of-training differences are resolved: the same
+    comparisons the summary counts (here the committed mini result, then with one marked resolved)."""
+    from dwt_lib import plots
+    from dwt_lib.runs import REPO
+    res = json.loads((REPO / "outputs" / "mini" / "results" / "beyond.json").read_text())
+    path = tmp_path / "results" / "beyond.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(res))
+    fig = plots.beyond(path, "growth")
+    assert "0 of 2 differences at the end resolved (> 2 SE)" in fig._suptitle.get_text()
+    last = max(res["fractions"])
+    next(c for c in res["questions"]["growth"]["comparisons"] if c["fraction"] == last)["resolved"] = True
+    path.write_text(json.dumps(res))
+    fig = plots.beyond(path, "growth")
+    assert "1 of 2 differences at the end resolved" in fig._suptitle.get_text()
