@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 
 from .schedules import KINDS as SCHEDULE_KINDS
-from .schedules import ScheduleError, make_schedule
+from .schedules import make_schedule
 
 #: The questions of notebook 06, in order: an arm's ``question`` is one of these.
 QUESTIONS = ("soft_weight", "temperature", "teacher_free", "growth")
@@ -54,6 +54,7 @@ def check_arms(cfg, src: str) -> None:
     is the teacher, ``against`` naming runs of the profile. One :class:`~dwt_lib.config.ConfigError`
     naming the file, the key path and what is allowed."""
     from .config import ConfigError
+    from .config_checks import _check_schedule
 
     def fail(key: str, msg: str):
         raise ConfigError(f"{src}: studies.beyond.{key}: {msg}")
@@ -93,17 +94,12 @@ def check_arms(cfg, src: str) -> None:
             _check_grow(cfg, arm, spec, init, fail)
         elif set(init) != {"kind"}:
             fail(f"{arm}.init", f"{init['kind']} takes no settings, got {sorted(init)}")
-        _check_alpha(spec.get("alpha_soft"), f"{arm}.alpha_soft", target, fail)
+        _check_alpha(spec.get("alpha_soft"), f"{arm}.alpha_soft", target, fail, src)
         if spec.get("temperature") is not None:
             if not isinstance(spec["temperature"], dict):
                 fail(f"{arm}.temperature", f"expected a schedule mapping with a kind ({', '.join(SCHEDULE_KINDS)}), "
                                            f"e.g. {{kind: constant, value: 2.0}}, got {spec['temperature']!r}")
-            try:
-                f = make_schedule(spec["temperature"])
-            except ScheduleError as e:
-                fail(f"{arm}.temperature", str(e))
-            if any(f(s, 100) <= 0 for s in (0, 50, 100)):
-                fail(f"{arm}.temperature", f"expected a schedule of positive values, got {spec['temperature']!r}")
+            _check_schedule(spec["temperature"], src, f"studies.beyond.{arm}.temperature", positive=True)
         against = spec.get("against") or []
         if not isinstance(against, list) or not against:
             fail(f"{arm}.against", "expected a non-empty list of run names to compare with")
@@ -128,26 +124,21 @@ def _check_grow(cfg, arm, spec, init, fail) -> None:
     # than its teachers stays valid for every other arm.
 
 
-def _check_alpha(spec, key, target, fail) -> None:
+def _check_alpha(spec, key, target, fail, src) -> None:
+    from .config_checks import _check_schedule
     if spec is None:
         return
     if not isinstance(spec, dict) or spec.get("kind") not in ALPHA_KINDS:
         kind = spec.get("kind") if isinstance(spec, dict) else spec
         fail(key, f"unknown kind {kind!r} (known: {', '.join(ALPHA_KINDS)})")
     if spec["kind"] != "teacher_aware":
-        try:
-            f = make_schedule(spec)
-        except ScheduleError as e:
-            fail(key, str(e))
-        if any(f(s, 100) < 0 for s in (0, 50, 100)):
-            fail(key, f"expected a schedule of values >= 0, got {spec!r}")
+        _check_schedule(spec, src, f"studies.beyond.{key}", positive=False)
         return
     if set(spec) - {"kind"} != _AWARE_KEYS:
         fail(key, f"teacher_aware takes keys {', '.join(sorted(_AWARE_KEYS))}, got {sorted(set(spec) - {'kind'})}")
     if target["kind"] != "teacher":
         fail(key, "teacher_aware compares the student with the teacher: it needs target kind teacher")
-    _check_alpha(spec["schedule"], key + ".schedule", target, fail)
-    if spec["schedule"].get("kind") == "teacher_aware":
+    if not isinstance(spec["schedule"], dict) or spec["schedule"].get("kind") == "teacher_aware":
         fail(key + ".schedule", "expected a schedule (" + ", ".join(SCHEDULE_KINDS) + "), got teacher_aware")
     if not _number(spec["floor"]) or spec["floor"] < 0:
         fail(key + ".floor", f"expected a number >= 0, got {spec['floor']!r}")
@@ -172,12 +163,13 @@ def run_settings(cfg, arm: str) -> dict:
 
 # ----------------------------------------------------------------------------- teacher-aware soft weight
 
-def aware_weight(step: int, total: int, spec: dict, crossed_at: Optional[int]) -> float:
+def aware_weight(step: int, total: int, spec: dict, crossed_at: Optional[int], schedule=None) -> float:
     """a_s at ``step`` for ``{kind: teacher_aware, schedule, floor, decay_fraction}``: the schedule while
     the student is behind (``crossed_at`` None, or not reached yet); from ``crossed_at`` on, linear from
     the schedule's value to ``floor`` over ``decay_steps = max(1, round(decay_fraction * total))``, then
-    ``floor``. A pure function of the step and the logged crossing step."""
-    base = make_schedule(spec["schedule"])(step, total)
+    ``floor``. A pure function of the step and the logged crossing step. ``schedule``: ``spec["schedule"]``
+    already built (:class:`TeacherAwareWeight` builds it once, not at every step)."""
+    base = (schedule or make_schedule(spec["schedule"]))(step, total)
     if crossed_at is None or step < crossed_at:
         return base
     k = min((step - crossed_at) / decay_steps(spec, total), 1.0)
@@ -200,10 +192,11 @@ class TeacherAwareWeight:
 
     def __init__(self, spec: dict, total: int):
         self.spec, self.total = dict(spec), total
+        self.schedule = make_schedule(spec["schedule"])
         self.state = {"ema_student": None, "ema_teacher": None, "crossed_at": None}
 
     def __call__(self, step: int, total: Optional[int] = None) -> float:
-        return aware_weight(step, total or self.total, self.spec, self.state["crossed_at"])
+        return aware_weight(step, total or self.total, self.spec, self.state["crossed_at"], self.schedule)
 
     def update(self, step: int, student_hard: float, teacher_hard: float) -> None:
         b, st = float(self.spec["ema"]), self.state

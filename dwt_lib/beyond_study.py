@@ -10,7 +10,7 @@ from __future__ import annotations
 from . import spread
 from .beyond import QUESTIONS, run_name
 from .config import Config
-from .results import _arm_seed_averages, chance_check, result_path, snapshot_scores
+from .results import _arm_seed_averages, chance_check, result_path, said, snapshot_scores
 from .runs import read_json_or_none, write_result
 from .studies import ensure_pretrained, named_run, study_runs
 
@@ -102,11 +102,6 @@ def comparisons_table(res: dict):
 
 # ----------------------------------------------------------------------------- summaries
 
-def _cmp(c: dict, verdict: bool = True) -> str:
-    d = c["diff"] + 0.0                      # no "-0.00"
-    return f"{c['a']} − {c['b']} = {d:+.2f}" + (f" ({c['verdict']})" if verdict else "")
-
-
 def summary(res: dict, question: str) -> str:
     """One paragraph for a question, from the numbers: what the paper says, each comparison with its verdict,
     what the arm did (the teacher-aware weight's crossing, growth's function at init), resolved or not."""
@@ -120,8 +115,8 @@ def summary(res: dict, question: str) -> str:
              f"seeds: " + ", ".join(f"{n} {k}" for n, k in n_pt.items()) + "):"]
     at = lambda f: [c for c in q["comparisons"] if c["fraction"] == f]  # noqa: E731
     if first != last:
-        parts.append(f"at {first:.0%} of pre-training " + ", ".join(_cmp(c, False) for c in at(first)) + ";")
-    parts.append("at the end " + "; ".join(_cmp(c) for c in at(last)) + ".")
+        parts.append(f"at {first:.0%} of pre-training " + ", ".join(said(c, False) for c in at(first)) + ";")
+    parts.append("at the end " + "; ".join(said(c) for c in at(last)) + ".")
     parts += _specific(res, question, q, last)
     n_res = sum(c["resolved"] for c in at(last))
     parts.append(f"Resolved at the end: {n_res} of {len(at(last))} comparison(s)"

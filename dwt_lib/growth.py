@@ -120,7 +120,7 @@ def function_gap(teacher, student, input_ids: torch.Tensor, attention_mask: torc
     return float((a.float() - b.float()).abs().max())
 
 
-def grow_student(teacher, student, out, data, tokenizer, save: bool) -> Gates:
+def grow_student(teacher, student, out, data, tokenizer, mlm_probability: float, save: bool) -> Gates:
     """What a ``grow`` run does at step 0 (:func:`dwt_lib.pretrain.train`): grow ``student`` from ``teacher``,
     measure :func:`function_gap` on 8 held-out blocks (masked as in evaluation) and, with ``save``, write
     ``grow_report.json`` (sources, new layers, the gap) and the initial weights ``init/`` beside the run."""
@@ -132,7 +132,9 @@ def grow_student(teacher, student, out, data, tokenizer, save: bool) -> Gates:
         device = next(teacher.parameters()).device
         student.to(device)
         use_device_attention(student, device)
-        ids, _ = mask_tokens(data.validation[:8], tokenizer, 0.15, torch.Generator().manual_seed(7_777))
+        from .pretrain import EVAL_MASK_SEED
+        ids, _ = mask_tokens(data.validation[:8], tokenizer, mlm_probability,
+                             torch.Generator().manual_seed(EVAL_MASK_SEED))
         ids = ids.to(device)
         report["function_gap"] = function_gap(teacher, student, ids, ids != tokenizer.pad_token_id)
         report["function_gap_blocks"] = int(len(ids))

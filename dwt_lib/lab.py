@@ -56,17 +56,18 @@ def set_lab_defaults(config_dir: Optional[Path] = None) -> Path:
     (``config_dir``: this environment's ``<sys.prefix>/etc/jupyter``, a folder on JupyterLab's config path),
     keeping whatever else the file holds. Written atomically; returns the file."""
     import json
+    from .runs import atomic_write_json
     path = Path(config_dir or Path(sys.prefix) / "etc" / "jupyter") / "labconfig" / "default_setting_overrides.json"
+    plugin, key = SUBSHELL_SETTING
     try:
         current = json.loads(path.read_text()) if path.exists() else {}
     except ValueError as e:
         raise ValueError(f"{path} is not valid JSON ({e}): fix or delete it, then run `make lab` again") from None
-    plugin, key = SUBSHELL_SETTING
+    if not isinstance(current, dict) or not isinstance(current.get(plugin, {}), dict):
+        raise ValueError(f"{path}: expected a JSON object of plugin ids -> settings objects: fix or delete it, "
+                         f"then run `make lab` again")
     current.setdefault(plugin, {})[key] = "disabled"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(current, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, current)
     return path
 
 

@@ -221,7 +221,8 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
                 save_model(mlm, None, out / "init")
         elif key.get("init") == "grow":
             from .growth import grow_student
-            gates = grow_student(teacher.mlm, mlm, out, data, tok, save=main and not (out / "init").exists())
+            gates = grow_student(teacher.mlm, mlm, out, data, tok, cfg.data.mlm_probability,
+                                 save=main and not (out / "init").exists())
     elif key.get("target"):                      # notebook 06: label-smoothed targets instead of a teacher
         from .beyond import SmoothedTarget
         teacher = SmoothedTarget(vocab, key["target"]["epsilon"])

@@ -311,8 +311,10 @@ def over_training_comparisons(res: dict) -> list[dict]:
     return [{"a": a, "b": b, "fraction": f, **spread.compare(ps[f][a], ps[f][b])} for a, b, f in pairs]
 
 
-def _said(c: dict) -> str:
-    return f"{c['a']} − {c['b']} = {c['diff']:+.2f} ({c['verdict']})"
+def said(c: dict, verdict: bool = True) -> str:
+    """A comparison ``{"a", "b", "diff", "verdict"}`` as text: ``a − b = +0.12 (verdict)``."""
+    d = c["diff"] + 0.0                      # no "-0.00"
+    return f"{c['a']} − {c['b']} = {d:+.2f}" + (f" ({c['verdict']})" if verdict else "")
 
 
 def over_training_summary(res: dict) -> str:
@@ -328,13 +330,13 @@ def over_training_summary(res: dict) -> str:
     c = over_training_comparisons(res)
     if res["study"] == "soft_weight" and c:
         text = (f"The paper: Strong (a_s = 4) ahead early, Normal (a_s = 1) ahead at the end. Here, at {first:.0%}: "
-                f"{_said(c[0])}; at {last:.0%}: {_said(c[1])}.")
+                f"{said(c[0])}; at {last:.0%}: {said(c[1])}.")
         if len(c) > 2:
-            text += f" The recommended decay 4 → 1 at the end: {_said(c[2])}."
+            text += f" The recommended decay 4 → 1 at the end: {said(c[2])}."
     elif res["study"] == "param_remap":
         rc = res.get("remap_check", {})
         text = (f"The paper: random initialisation (PR X, {c[0]['a']}) ahead of remapping (PR O, {c[0]['b']}) "
-                f"throughout. Here, at {first:.0%}: {_said(c[0])}; at {last:.0%}: {_said(c[1])}. "
+                f"throughout. Here, at {first:.0%}: {said(c[0])}; at {last:.0%}: {said(c[1])}. "
                 f"Remap check: {rc.get('copied_and_equal')} of {rc.get('compared')} copied tensors equal the "
                 f"teacher's at initialisation.")
     else:

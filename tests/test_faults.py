@@ -388,8 +388,8 @@ def test_ctrl_c_prints_one_line_with_the_step(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "dwt_lib.cli", "pretrain", "--profile", "smoke", "--run",
                              "student", *sets(over)], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
-                            # an earlier test may leave SIGINT ignored in this process, and an ignored signal
-                            # stays ignored across exec (Python then installs no KeyboardInterrupt handler)
+                            # pytest started in the background (nohup ... &) has SIGINT ignored, and an ignored
+                            # signal stays ignored across exec (Python then installs no KeyboardInterrupt handler)
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.time()
     while not list(tmp_path.glob("smoke/runs/student-*/progress.json")):      # written after a checkpoint

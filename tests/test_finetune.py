@@ -113,16 +113,30 @@ def test_length_grouped_batches_cover_every_example_once_per_epoch():
     again = ft_mod.LengthGroupedBatches(lengths, 32, torch.Generator().manual_seed(5), window=4)
     assert list(again) == epochs[0]
     # the point: far less padding than random batches of the same size
-    pad = lambda bs: sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for bs_ in [bs] for b in bs_)  # noqa: E731
+    def pad(batches):
+        return sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in batches)
     perm = torch.randperm(1000, generator=torch.Generator().manual_seed(5)).tolist()
     random_batches = [perm[k:k + 32] for k in range(0, 1000, 32)]
     assert pad(epochs[0]) < 0.35 * pad(random_batches)    # measured 0.27 with windows of 4 batches
 
 
-def test_group_by_length_trains_on_the_same_examples(tokenizer, smoke_ft):
-    """group_by_length changes only the batching: same examples seen, same number of steps."""
+def test_group_by_length_trains_on_the_same_examples(tokenizer, smoke_ft, monkeypatch):
+    """group_by_length changes only the batching: the length-grouped sampler is used (and only then), it
+    yields every training example once per epoch, and the number of steps is the same."""
+    built = []
+
+    class Spy(ft_mod.LengthGroupedBatches):
+        def __iter__(self):
+            batches = list(super().__iter__())
+            built.append(batches)
+            return iter(batches)
+
+    monkeypatch.setattr(ft_mod, "LengthGroupedBatches", Spy)
     base = dataclasses.replace(smoke_ft, max_train_examples=96, max_eval_examples=32, epochs=1, batch_size=16)
-    runs = [ft_mod.finetune(_tiny(len(tokenizer), "tiny-teacher-1l"), "sst2",
-                            dataclasses.replace(base, group_by_length=g), tokenizer, seed=1, progress=False)
-            for g in (False, True)]
+    runs = []
+    for g in (False, True):
+        runs.append(ft_mod.finetune(_tiny(len(tokenizer), "tiny-teacher-1l"), "sst2",
+                                    dataclasses.replace(base, group_by_length=g), tokenizer, seed=1, progress=False))
+        assert bool(built) == g
+    assert sorted(i for b in built[0] for i in b) == list(range(96))
     assert runs[0]["steps"] == runs[1]["steps"] == 6 and runs[0]["n_train"] == runs[1]["n_train"] == 96

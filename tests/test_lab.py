@@ -17,7 +17,7 @@ def test_lab_defaults_disable_comms_over_subshells_and_keep_other_settings(tmp_p
     got = json.loads(path.read_text())
     assert got[plugin] == {"kernelInfoTimeout": 30, key: "disabled"}
     assert got["@jupyterlab/apputils-extension:themes"] == {"theme": "JupyterLab Dark"}
-    assert not list(path.parent.glob("*.tmp"))
+    assert [p.name for p in path.parent.iterdir()] == [path.name]          # no temp file left
     lab.set_lab_defaults(tmp_path)                      # idempotent
     assert json.loads(path.read_text()) == got
 
@@ -29,3 +29,12 @@ def test_lab_defaults_name_a_broken_file_and_leave_it(tmp_path):
     with pytest.raises(ValueError, match=r"default_setting_overrides.json is not valid JSON.*fix or delete it"):
         lab.set_lab_defaults(tmp_path)
     assert path.read_text() == "{not json"
+
+
+def test_lab_defaults_refuse_a_file_that_is_not_settings_objects(tmp_path):
+    path = tmp_path / "labconfig" / "default_setting_overrides.json"
+    path.parent.mkdir()
+    path.write_text("[]")
+    with pytest.raises(ValueError, match=r"expected a JSON object of plugin ids -> settings objects.*fix or delete"):
+        lab.set_lab_defaults(tmp_path)
+    assert path.read_text() == "[]"
