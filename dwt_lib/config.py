@@ -28,6 +28,12 @@ class ConfigError(ValueError):
     """A params file (or an override) is invalid; the message names file and key path."""
 
 
+#: ``model.arch``: the encoder a profile trains (plain data here; :mod:`dwt_lib.models` has one adapter per name).
+ARCHS = ("bert", "modernbert")
+#: ``data.tokenizer`` values that name no Hub id: WordPiece trained on the corpus, or raw UTF-8 bytes.
+TRAINED_TOKENIZER, BYTE_TOKENIZER = "train", "bytes"
+
+
 # ----------------------------------------------------------------------------- schema
 
 @dataclass(frozen=True)
@@ -52,7 +58,7 @@ class DataConfig:
     max_documents: Optional[int] = None     # per corpus, first N documents (small profiles)
     max_sentences: Optional[int] = None     # after sampling, whole corpus
     validation_fraction: float = 0.01       # of documents, split by document
-    tokenizer: str = "google-bert/bert-base-uncased"   # a Hub id, or "train" (WordPiece)
+    tokenizer: str = "google-bert/bert-base-uncased"   # a Hub id, "train" (WordPiece) or "bytes" (UTF-8 bytes)
     vocab_size: int = 30522                 # used when tokenizer == "train"
     max_seq_length: int = 128
     mlm_probability: float = 0.15
@@ -67,6 +73,8 @@ class ModelConfig:
     sizes: dict = field(default_factory=dict)           # name -> {layers, hidden, heads[, intermediate]}
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
+    arch: str = "bert"                      # one of ARCHS: "bert" (the paper's) or "modernbert" (RoPE, pre-LN, GeGLU)
+    initializer_range: Optional[float] = None   # std of the initial weights; None: the arch's default (0.02)
 
 
 @dataclass(frozen=True)
@@ -113,7 +121,8 @@ class FinetuneConfig:
     max_train_examples_per_task: dict = field(default_factory=dict)  # task -> cap or null = all (else the cap below)
     batch_size: int = 32
     group_by_length: bool = False       # batches of similar length (less padding), as HF Trainer's option
-    max_seq_length: int = 128
+    max_seq_length: int = 128           # tokens (bytes with data.tokenizer: bytes) per example, pairs included
+    max_seq_length_per_task: dict = field(default_factory=dict)     # task -> max_seq_length (else the one above)
     weight_decay: float = 0.0
     warmup_fraction: float = 0.0
     seeds: tuple[int, ...] = (1,)
@@ -171,6 +180,9 @@ class Config:
         d = self.to_dict()
         d.pop("profile", None)
         d.pop("description", None)
+        for (section, k), default in _UNHASHED_DEFAULTS.items():
+            if d[section].get(k) == default:
+                del d[section][k]
         return stable_hash(d, n)
 
     def replace(self, **overrides: Any) -> "Config":
@@ -179,6 +191,12 @@ class Config:
         for k, v in overrides.items():
             _set_dotted(raw, k, v, "<override>")
         return _build(Config, raw, "<override>", "")
+
+
+#: Keys added after results were published: left out of :meth:`Config.short_hash` at their default, so the
+#: config hash of every existing profile stays what it was (tests/test_golden_ids.py pins it).
+_UNHASHED_DEFAULTS = {("model", "arch"): "bert", ("model", "initializer_range"): None,
+                      ("finetune", "max_seq_length_per_task"): {}}
 
 
 def stable_hash(obj: Any, n: int = 10) -> str:
@@ -248,7 +266,7 @@ def _merge(base: dict, over: dict) -> dict:
 # would leave a stray "value" key. Per-task maps too: a child's `epochs_per_task: {}` means "no task
 # differs", not "keep the parent's MRPC entry".
 _REPLACE_WHOLE = {"alpha_soft", "temperature", "epochs_per_task", "lr_per_task", "max_train_examples_per_task",
-                  "target", "init", "schedule", "beyond"}
+                  "max_seq_length_per_task", "target", "init", "schedule", "beyond"}
 
 
 def _set_dotted(raw: dict, key: str, value: Any, src: str) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import (Config, ConfigError, DataConfig, DistillConfig, FinetuneConfig, LaunchConfig, PretrainConfig,
-                     StudiesConfig)
+from .config import (ARCHS, Config, ConfigError, DataConfig, DistillConfig, FinetuneConfig, LaunchConfig,
+                     ModelConfig, PretrainConfig, StudiesConfig)
 
 
 def _fail(src: str, key: str, what: str, got: Any) -> None:
@@ -56,6 +56,14 @@ def check_values(obj: Any, src: str, prefix: str) -> None:
                       "document)", c.rows_per_document)
             if c.mirror and c.id.startswith("sample:"):
                 _fail(src, f"{p}corpora[{i}].mirror", "null for a sample: source (the sample is read as is)", c.mirror)
+    elif isinstance(obj, ModelConfig):
+        if obj.arch not in ARCHS:
+            _fail(src, p + "arch", f"one of {', '.join(ARCHS)}", obj.arch)
+        if obj.initializer_range is not None and obj.initializer_range <= 0:
+            _fail(src, p + "initializer_range", "a positive number or null (the arch's default)", obj.initializer_range)
+        for k in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0 <= getattr(obj, k) < 1:
+                _fail(src, p + k, "a probability in [0, 1)", getattr(obj, k))
     elif isinstance(obj, DistillConfig):
         if obj.alpha_hard < 0:
             _fail(src, p + "alpha_hard", "a number >= 0", obj.alpha_hard)
@@ -96,10 +104,16 @@ def check_values(obj: Any, src: str, prefix: str) -> None:
 def _check_per_task(ft: FinetuneConfig, src: str, p: str) -> None:
     """Per-task settings name known GLUE tasks and hold positive numbers (caps: integers >= 1 or null)."""
     from .glue import TASKS
-    for k in ("epochs_per_task", "lr_per_task", "max_train_examples_per_task"):
+    if ft.max_seq_length < 8:
+        _fail(src, p + "max_seq_length", "an integer >= 8", ft.max_seq_length)
+    for k in ("epochs_per_task", "lr_per_task", "max_train_examples_per_task", "max_seq_length_per_task"):
         for task, v in getattr(ft, k).items():
             if task not in TASKS:
                 _fail(src, f"{p}{k}.{task}", f"a GLUE task name ({', '.join(TASKS)})", task)
+            if k == "max_seq_length_per_task":
+                if isinstance(v, bool) or not isinstance(v, int) or v < 8:
+                    _fail(src, f"{p}{k}.{task}", "an integer >= 8 (tokens; bytes with data.tokenizer: bytes)", v)
+                continue
             if isinstance(v, str) and k != "max_train_examples_per_task":   # YAML 1.1 reads "5e-5" as a string
                 try:
                     v = getattr(ft, k)[task] = float(v)

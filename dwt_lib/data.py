@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from . import corpus, datacache
-from .config import Config, DataConfig, stable_hash
+from .bytetok import BYTE_VOCAB_SIZE, byte_tokenizer
+from .config import BYTE_TOKENIZER, TRAINED_TOKENIZER, Config, DataConfig, stable_hash
 from .datacache import TokenBlocks, cache_root  # noqa: F401  (cache_root: re-exported)
 # Source resolution (sample / mirror / Hub) is sources.py; these names stay importable from here.
 from .sources import (DataSourceError, data_dir, describe_sources, require, require_source,  # noqa: F401
@@ -40,9 +41,23 @@ MIN_TAIL_TOKENS = 8   # a document's last block with fewer content tokens is dro
 # ----------------------------------------------------------------------------- tokenizer
 
 def load_tokenizer(name_or_path: str):
-    """A fast tokenizer from a Hub id (through the mirror), ``sample:<path>`` or a saved folder."""
+    """A fast tokenizer from a Hub id (through the mirror), ``sample:<path>`` or a saved folder; ``"bytes"``: the
+    byte-level tokenizer (:mod:`dwt_lib.bytetok`)."""
+    if name_or_path == BYTE_TOKENIZER:
+        return byte_tokenizer()
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(resolve(name_or_path), use_fast=True)
+
+
+def needs_source(dc: DataConfig) -> bool:
+    """Whether ``data.tokenizer`` names a tokenizer to read (a Hub id or ``sample:``), not one made here."""
+    return dc.tokenizer not in (TRAINED_TOKENIZER, BYTE_TOKENIZER)
+
+
+def vocab_size(dc: DataConfig) -> int:
+    """The vocabulary the data gives the models: 261 for bytes, else ``data.vocab_size`` (a trained WordPiece's
+    size, or what the profile states for a Hub tokenizer)."""
+    return BYTE_VOCAB_SIZE if dc.tokenizer == BYTE_TOKENIZER else dc.vocab_size
 
 
 def train_tokenizer(sentences: Iterable[str], vocab_size: int):
@@ -203,7 +218,7 @@ def build(dc: DataConfig, out: Path, num_proc: Optional[int] = None, streaming: 
     ``validation.npy``, ``tokenizer/`` and ``stats.json`` into ``out`` (an empty folder). Returns the stats."""
     from . import pipeline
     srcs = [require(resolve_corpus(c), "pre-training corpus") for c in dc.corpora]
-    if dc.tokenizer != "train":
+    if needs_source(dc):
         require_source(dc.tokenizer, "tokenizer", repo_type="model")
     # A stand-in is another dataset: read it with its own (default) config, not the Hub dataset's, and row by
     # row (whole books per row: rows_per_document describes the Hub dataset's rows only).
@@ -256,7 +271,7 @@ def prepare_pretraining_data(cfg: Config, num_proc: Optional[int] = None,
         return load_cached(path)
     for c in dc.corpora:               # fail before any work (and before taking the lock)
         require(resolve_corpus(c), "pre-training corpus")
-    if dc.tokenizer != "train":
+    if needs_source(dc):
         require_source(dc.tokenizer, "tokenizer", repo_type="model")
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .glue import TASKS, collate, compute_metrics, get_task, glue_average, load_glue
-from .models import classifier_logits, use_device_attention
+from .models import arch_of, classifier_logits, use_device_attention
 
 MAX_GRAD_NORM = 1.0   # HF Trainer default (run_glue); the paper is silent
 
@@ -37,18 +37,19 @@ def _pick_device(device: str) -> torch.device:
 
 def task_settings(cfg_finetune, task: str) -> dict:
     """The settings one task is fine-tuned with: the profile's ``finetune`` section with the per-task
-    keys (``lr_per_task``, ``epochs_per_task``, ``max_train_examples_per_task``) resolved for ``task``
-    and dropped. This dict is what a fine-tuning run's identity hashes, so changing CoLA's learning
+    keys (``lr_per_task``, ``epochs_per_task``, ``max_train_examples_per_task``, ``max_seq_length_per_task``)
+    resolved for ``task`` and dropped. This dict is what a fine-tuning run's identity hashes, so changing CoLA's learning
     rate leaves the SST-2 runs as they are."""
     from dataclasses import asdict
     ft = _finetune_cfg(cfg_finetune)
     name = get_task(task).name
     out = {k: v for k, v in asdict(ft).items()
            if k not in ("tasks", "seeds", "lr_per_task", "epochs_per_task", "max_train_examples_per_task",
-                        "lr_grid")}
+                        "lr_grid", "max_seq_length_per_task")}
     out["lr"] = float(ft.lr_per_task.get(name, ft.lr))
     out["epochs"] = float(ft.epochs_per_task.get(name, ft.epochs))
     out["max_train_examples"] = ft.max_train_examples_per_task.get(name, ft.max_train_examples)
+    out["max_seq_length"] = ft.max_seq_length_per_task.get(name, ft.max_seq_length)
     return out
 
 
@@ -79,13 +80,15 @@ class LengthGroupedBatches:
 
 
 def build_classifier(model_path_or_model, task: str, seed: int):
-    """A ``BertForSequenceClassification`` for ``task`` whose encoder holds the pre-trained weights.
+    """A sequence classifier for ``task`` whose encoder holds the pre-trained weights, of the checkpoint's
+    architecture (``BertForSequenceClassification`` or ``ModernBertForSequenceClassification``, through
+    ``AutoModelForSequenceClassification``).
 
-    ``model_path_or_model`` is a directory written by ``save_pretrained`` (of a
-    ``BertForMaskedLM``) or a model object with a ``.bert`` encoder (left untouched: its
-    weights are copied). The pooler (absent from MLM checkpoints) and classifier are
+    ``model_path_or_model`` is a directory written by ``save_pretrained`` (of a masked LM) or a masked-LM
+    object (left untouched: its weights are copied). The new head (BERT: pooler and classifier, absent from MLM
+    checkpoints; ModernBERT: the classifier, its prediction-head transform comes from the checkpoint) is
     initialised from ``seed``."""
-    from transformers import BertForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
     t = get_task(task)
     kw = dict(num_labels=t.num_labels,
@@ -95,29 +98,33 @@ def build_classifier(model_path_or_model, task: str, seed: int):
         hf_logging.set_verbosity_error()    # "some weights newly initialised" is expected here
         hf_logging.disable_progress_bar()
         try:
-            clf = BertForSequenceClassification.from_pretrained(str(model_path_or_model), **kw)
+            clf = AutoModelForSequenceClassification.from_pretrained(str(model_path_or_model), **kw)
         finally:
             hf_logging.set_verbosity(verbosity)
             if bars:
                 hf_logging.enable_progress_bar()
     else:
         src = model_path_or_model
-        if not hasattr(src, "bert"):
-            raise TypeError(f"expected a checkpoint directory or a BERT model with a .bert encoder, "
+        if not hasattr(src, "base_model") or src.base_model is src:
+            raise TypeError(f"expected a checkpoint directory or a masked-LM model (BERT or ModernBERT), "
                             f"got {type(src).__name__}")
         config = src.config.__class__.from_dict(src.config.to_dict())
         for k, v in kw.items():
             setattr(config, k, v)
-        clf = BertForSequenceClassification(config)
-        missing, unexpected = clf.bert.load_state_dict(src.bert.state_dict(), strict=False)
-        bad = [k for k in missing if not k.startswith("pooler.")] + list(unexpected)
+        clf = AutoModelForSequenceClassification.from_config(config)
+        # what from_pretrained would load: every tensor whose name the classifier shares with the MLM
+        mine = clf.state_dict()
+        shared = {k: v for k, v in src.state_dict().items() if k in mine and mine[k].shape == v.shape}
+        clf.load_state_dict(shared, strict=False)
+        base = clf.base_model_prefix + "."
+        bad = [k for k in src.state_dict() if k.startswith(base) and k not in shared]
         if bad:
             raise ValueError(f"encoder weights do not fit the classifier: {bad[:5]}")
-    # The new head (pooler, classifier) gets BERT's init from ``seed`` alone, the same whichever
-    # way the encoder arrived (from_pretrained and the constructor consume the RNG differently).
+    # The new head gets BERT's init from ``seed`` alone, the same whichever way the encoder arrived
+    # (from_pretrained and the constructor consume the RNG differently).
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for lin in (clf.bert.pooler.dense, clf.classifier):
+        for lin in arch_of(clf).new_head(clf):
             lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) * clf.config.initializer_range)
             lin.bias.zero_()
     return clf
@@ -159,8 +166,8 @@ def finetune(model_path_or_model, task: str, cfg_finetune, tokenizer, seed: int,
     use_device_attention(model, dev)       # CPU: bf16 matmuls + fp32 softmax (faster than SDPA there)
 
     # ---- data
-    train = load_glue(t.name, tokenizer, ft.max_seq_length, "train", ft.source, ts["max_train_examples"])
-    val = load_glue(t.name, tokenizer, ft.max_seq_length, "validation", ft.source, ft.max_eval_examples)
+    train = load_glue(t.name, tokenizer, ts["max_seq_length"], "train", ft.source, ts["max_train_examples"])
+    val = load_glue(t.name, tokenizer, ts["max_seq_length"], "validation", ft.source, ft.max_eval_examples)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     collate_fn = lambda b: collate(b, pad_id)  # noqa: E731
     gen = torch.Generator().manual_seed(seed)
@@ -174,8 +181,9 @@ def finetune(model_path_or_model, task: str, cfg_finetune, tokenizer, seed: int,
                                              collate_fn=collate_fn)
 
     # ---- optimiser and schedule
-    decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
-    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
+    # no decay on biases and norm weights (the 1-d tensors: BERT's LayerNorm, ModernBERT's norms), as HF
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": ft.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=ts["lr"])
     epochs = ts["epochs"]

@@ -13,6 +13,13 @@ new layer is exactly the identity (``h + 0 == h`` in floating point), at m = 1 i
 snapshots and the final model are ordinary ``BertForMaskedLM`` (the gate is a forward hook, not a
 module: the state dict keeps BERT's names).
 
+ModernBERT (``model.arch: modernbert``) is pre-LayerNorm (``x + f(norm(x))`` twice per layer), so there a new
+layer whose two output projections (``attn.Wo``, ``mlp.Wo``) are zero *is* the identity: its new layers are
+initialised that way and need no gate (``Gates`` then holds no layer and the ramp does nothing); every other
+weight of a new layer keeps the student's initialisation, so the zeroed projections get gradients at once. The
+new layers go on top of the teacher's (student layer i <- teacher layer i): the final norm and the head read the
+residual stream, which identity layers leave as it is, and ModernBERT's layer 0 (no ``attn_norm``) stays layer 0.
+
 Where the new layers go: just below the teacher's last layer. Student layers 0..n_t-2 take the
 teacher's first n_t-1 layers, then the new (gated) layers, and the student's last layer is the
 teacher's last layer, so the MLM head still reads the layer it was trained on (and
@@ -23,17 +30,23 @@ from __future__ import annotations
 
 import torch
 
-from .remap import _check_configs, _num_layers, _tensors, _LAYER
+from .models import arch_of
+from .remap import _check_configs, _num_layers, _tensors
 
 NEW = "new (gated)"
+NEW_ZERO = "new (zero)"       # pre-LN: an output projection of a new layer, set to zero
+NEW_PLAIN = "new"             # pre-LN: the rest of a new layer, at the student's initialisation
 
 
-def layer_sources(teacher_layers: int, student_layers: int) -> list:
-    """For each student layer, the teacher layer it copies, or None for a new layer."""
+def layer_sources(teacher_layers: int, student_layers: int, on_top: bool = False) -> list:
+    """For each student layer, the teacher layer it copies, or None for a new layer: the new layers just below
+    the teacher's last one, or (``on_top``, pre-LN) above all of the teacher's layers."""
     if not 1 <= teacher_layers < student_layers:
         raise ValueError(f"growth needs 1 <= teacher layers < student layers, got {teacher_layers} and "
                          f"{student_layers}")
     n_new = student_layers - teacher_layers
+    if on_top:
+        return list(range(teacher_layers)) + [None] * n_new
     return list(range(teacher_layers - 1)) + [None] * n_new + [teacher_layers - 1]
 
 
@@ -53,8 +66,8 @@ class Gates:
     def __init__(self, mlm, layers: list[int]):
         self.m = 0.0
         self.layers = list(layers)
-        self.handles = [mlm.bert.encoder.layer[i].register_forward_hook(self._hook, with_kwargs=True)
-                        for i in self.layers]
+        stack = arch_of(mlm).layers(mlm)
+        self.handles = [stack[i].register_forward_hook(self._hook, with_kwargs=True) for i in self.layers]
 
     def _hook(self, module, args, kwargs, out):
         if self.m == 1.0:
@@ -75,17 +88,29 @@ class Gates:
 
 @torch.no_grad()
 def grow(teacher, student) -> tuple[Gates, dict]:
-    """Initialise ``student`` (a ``BertForMaskedLM``) in place from the shallower ``teacher`` and gate its new
-    layers at m = 0. Returns the gates and a report: ``sources`` (student name -> teacher name, or
-    ``"new (gated)"``) and ``new_layers``. Raises ``ValueError`` when widths or vocabularies differ."""
+    """Initialise ``student`` (a masked LM of either architecture) in place from the shallower ``teacher`` of the
+    same architecture, with its new layers the identity: gated at m = 0 (BERT) or with zero output projections
+    (ModernBERT). Returns the gates and a report: ``sources`` (student name -> teacher name, ``"new (gated)"``,
+    ``"new (zero)"`` for a zeroed projection, or ``"new"`` for a new layer's other weights), ``new_layers`` and
+    ``layer_sources``. Raises ``ValueError`` when architectures, widths or vocabularies differ."""
     _check_configs(teacher, student)
+    arch = arch_of(student)
     t_all, s_all = _tensors(teacher), _tensors(student)
-    src = layer_sources(_num_layers(t_all, teacher), _num_layers(s_all, student))
+    pre_ln = arch.identity_out is not None
+    src = layer_sources(_num_layers(t_all, teacher, arch.layer_re), _num_layers(s_all, student, arch.layer_re),
+                        on_top=pre_ln)
+    zero = tuple(f".{p}." for p in arch.identity_out or ())
     sources, done = {}, set()
     for name, dst in s_all.items():
-        m = _LAYER.match(name)
+        m = arch.layer_re.match(name)
         if m and src[int(m["i"])] is None:
-            sources[name] = NEW
+            if not pre_ln:
+                sources[name] = NEW
+            elif m["post"].startswith(zero):
+                dst.zero_()                   # the residual branch adds 0: the layer is the identity
+                sources[name] = NEW_ZERO
+            else:
+                sources[name] = NEW_PLAIN
             continue
         tname = f"{m['pre']}{src[int(m['i'])]}{m['post']}" if m else name
         t = t_all.get(tname)
@@ -100,8 +125,9 @@ def grow(teacher, student) -> tuple[Gates, dict]:
             done.add(ident)
         sources[name] = tname
     new = [i for i, s in enumerate(src) if s is None]
-    return Gates(student, new), {"sources": sources, "new_layers": new,
-                                 "layer_sources": [s if s is not None else "new" for s in src]}
+    gated = [] if pre_ln else new
+    return Gates(student, gated), {"sources": sources, "new_layers": new, "gated_layers": gated,
+                                   "layer_sources": [s if s is not None else "new" for s in src]}
 
 
 @torch.no_grad()

@@ -33,6 +33,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from . import corpus
+from .config import BYTE_TOKENIZER
 from .sampling import interleave_order, sampling_plan, validation_from_draws, windows
 
 TOKENIZER_SAMPLE_SENTENCES = 2_000_000   # tokenizer training reads at most this many training sentences
@@ -187,13 +188,18 @@ def _plan(path: str) -> np.ndarray:
     return _PLANS[path]
 
 
-def _pack_batch(batch: dict, idx: list, plan: str, every: int, tok, L: int, dtype: str, min_tail: int) -> dict:
+def _pack_batch(batch: dict, idx: list, plan: str, every: int, tok, L: int, dtype: str, min_tail: int,
+                space: bool = False) -> dict:
+    """``space``: end every sentence with a space before tokenizing (the byte tokenizer: its blocks join sampled
+    sentences, and without it their bytes would run into each other, "end.Next"; WordPiece needs none)."""
     import pyarrow as pa
 
     from .data import pack_blocks
     p = _plan(plan)
     i0, i1 = idx[0], idx[-1] + 1                      # a batch is a contiguous run of rows
     flat, lens = sampled_sentences(batch.column("sentences"), p[0, i0:i1], p[1, i0:i1], every)
+    if space:
+        flat = [x + " " for x in flat]
     sampled = _split(flat, lens.tolist())
     backend = getattr(tok, "backend_tokenizer", tok)
     enc = getattr(backend, "encode_batch_fast", backend.encode_batch)(flat, add_special_tokens=False) if flat else []
@@ -348,7 +354,8 @@ def build(dc, out: Path, sources: Sequence[str], num_proc: Optional[int] = None,
             del plan
             packed.append(_map(ds, _pack_batch, work, f"pack-{k}", nproc, _fp(f"pack-{k}", out),
                                dict(plan=str(work / f"plan-{k}.npy"), every=dc.sample_every, tok=tok, L=dc.max_seq_length,
-                                    dtype=np.dtype(dtype).name, min_tail=MIN_TAIL_TOKENS),
+                                    dtype=np.dtype(dtype).name, min_tail=MIN_TAIL_TOKENS,
+                                    **({"space": True} if dc.tokenizer == BYTE_TOKENIZER else {})),
                                f"tokenize + pack {c.id}", batch_size=max(1, _batch_size(raw[k]) // 4)))
         g = gather(packed, order, is_val, out, dc.max_seq_length, dtype)
         t_pack = time.time()

@@ -9,8 +9,9 @@ adds the expected wall time on the profile's own devices (``launch.peak_tflops``
 """
 from __future__ import annotations
 
-from .config import Config
-from .models import bert_config, train_flops_per_sequence
+from .config import BYTE_TOKENIZER, Config
+from .data import vocab_size
+from .models import arch_of, train_flops_per_sequence
 from .preflight import run_disk_bytes
 from .studies import all_run_names, named_run
 
@@ -18,6 +19,7 @@ A100_BF16_PEAK = 312e12
 ASSUMED_MFU = 0.40
 PAPER_SENTENCES = 30e6            # the paper: "a reduced dataset of 30 million sentences"
 ASSUMED_TOKENS_PER_SENTENCE = 20  # BERT WordPiece, BookCorpus (~13 words) and Wikipedia (~25) mixed
+ASSUMED_BYTES_PER_SENTENCE = 120  # data.tokenizer: bytes (~22 words of ~5.5 bytes with the space)
 
 
 def _blocks(cfg: Config) -> tuple[int, str]:
@@ -27,9 +29,10 @@ def _blocks(cfg: Config) -> tuple[int, str]:
     if p.exists():
         return int(read_json(p)["train_blocks"]), "measured (processed-data cache)"
     sentences = cfg.data.max_sentences or PAPER_SENTENCES
-    tokens = sentences * ASSUMED_TOKENS_PER_SENTENCE
+    per = ASSUMED_BYTES_PER_SENTENCE if cfg.data.tokenizer == BYTE_TOKENIZER else ASSUMED_TOKENS_PER_SENTENCE
+    tokens = sentences * per
     return int(tokens / (cfg.data.max_seq_length - 2)), (
-        f"estimated: {sentences:.3g} sentences x {ASSUMED_TOKENS_PER_SENTENCE} tokens / "
+        f"estimated: {sentences:.3g} sentences x {per} tokens / "
         f"{cfg.data.max_seq_length - 2} per block (data not prepared yet)")
 
 
@@ -43,7 +46,8 @@ def make_plan(cfg: Config) -> dict:
     L = cfg.data.max_seq_length
     masked = cfg.data.mlm_probability * (L - 2)
     soft_tokens = (L - 2) if cfg.distill.soft_loss_positions == "all" else masked
-    vocab = cfg.data.vocab_size
+    vocab = vocab_size(cfg.data)
+    arch = arch_of(cfg.model.arch)
     rows, seen = [], {}
     for name in all_run_names(cfg):
         run = named_run(cfg, name)
@@ -51,13 +55,13 @@ def make_plan(cfg: Config) -> dict:
             rows.append({"run": name, "id": run.id, "same_as": seen[run.id]})
             continue
         seen[run.id] = name
-        scfg = bert_config(run.key["shape"], vocab)
+        scfg = arch.make_config(run.key["shape"], vocab)
         f = train_flops_per_sequence(scfg, L, soft_tokens if run.key.get("teacher") else masked)
         teacher = None
         if run.key.get("teacher"):
             from .studies import teacher_name
             teacher = named_run(cfg, teacher_name(cfg, name))
-            f += train_flops_per_sequence(bert_config(teacher.key["shape"], vocab), L, soft_tokens, train=False)
+            f += train_flops_per_sequence(arch.make_config(teacher.key["shape"], vocab), L, soft_tokens, train=False)
         flops = f * seqs
         rows.append({"run": name, "id": run.id, "size": run.key["size"], "teacher": teacher.name if teacher else "",
                      "steps": steps, "tokens": seqs * L, "pflop": flops / 1e15,

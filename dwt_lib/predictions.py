@@ -56,11 +56,11 @@ def teacher_prediction(cfg: Config, role: str = "weak", block: int = 0, window: 
         row = torch.sort(torch.randn(cfg.data.vocab_size, generator=g) * 3, descending=True).values
         return TeacherPrediction(row, [], f"random logits: no finished teacher-{role} run in this profile's "
                                           f"registry yet (notebook 03 trains it)")
-    from transformers import AutoTokenizer, BertForMaskedLM
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     from .data import prepare_pretraining_data
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = BertForMaskedLM.from_pretrained(model_dir).eval()
+    model = AutoModelForMaskedLM.from_pretrained(model_dir).eval()
     val = prepare_pretraining_data(cfg).validation
     ids = val[block % len(val)].clone()
     special = set(tok.all_special_ids)

@@ -17,28 +17,28 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .config import Config
+from .data import vocab_size
 from .errors import PreflightError, UnknownNameError
+from .models import build_model, count_parameters, model_kwargs
 from .runs import outputs_dir
 
 FP32 = 4
 SAVE_COPIES = 3          # last.pt, prev.pt and last.tmp while a save is being verified
 
 
-def parameters(shape: dict, vocab_size: int, max_position_embeddings: int = 512) -> int:
-    """Exact parameter count of a model shape (a run key's ``shape``), built on the meta device."""
+def parameters(shape: dict, vocab_size: int, max_position_embeddings: int = 512, arch: str = "bert") -> int:
+    """Exact parameter count of a model shape (a run key's ``shape``) of an architecture, built on the meta
+    device."""
     import torch
-    from transformers import BertForMaskedLM
-
-    from .models import bert_config, count_parameters
     with torch.device("meta"):
-        model = BertForMaskedLM(bert_config(dict(shape), vocab_size, max_position_embeddings=max_position_embeddings))
+        model = build_model(dict(shape), vocab_size, arch, max_position_embeddings=max_position_embeddings)
     return count_parameters(model)
 
 
 def run_disk_bytes(cfg: Config, shape: dict) -> int:
     """Disk a pre-training run of model ``shape`` (its key's ``shape``) needs at its peak: weights plus AdamW's two moments in
     each of last/prev/tmp checkpoint, and the fp32 model and snapshots (one extra while saving)."""
-    p = parameters(shape, cfg.data.vocab_size, max(512, cfg.data.max_seq_length))
+    p = parameters(shape, vocab_size(cfg.data), model_kwargs(cfg)["max_position_embeddings"], cfg.model.arch)
     models = 1 + len(cfg.pretrain.snapshot_fractions) + 1
     return p * FP32 * (3 * SAVE_COPIES + models)
 

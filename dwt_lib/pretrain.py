@@ -39,7 +39,7 @@ from .config import Config
 from .errors import DiskFullError, disk_full
 from .growth import gate_value, ramp_steps
 from .losses import hard_loss, soft_loss
-from .models import SparseMLM, build_model, count_parameters, use_device_attention
+from .models import SparseMLM, build_model, count_parameters, model_kwargs, special_ids, use_device_attention
 from .runs import Run, atomic_write_json, read_json_or_none
 from .schedules import make_schedule
 from .steps import (Prefetcher, batch_indices, global_batch, lr_lambda, make_optimizer,  # noqa: F401
@@ -56,11 +56,12 @@ class NonFiniteLossError(FloatingPointError):
 # ----------------------------------------------------------------------------- pieces
 
 def load_teacher(path: Path, vocab_size: int, student_params: int, device) -> torch.nn.Module:
-    """A frozen pre-trained teacher: eval mode, no gradients. Vocabulary must match the student's."""
-    from transformers import BertForMaskedLM
+    """A frozen pre-trained teacher (either architecture, as saved): eval mode, no gradients. Vocabulary must
+    match the student's."""
+    from transformers import AutoModelForMaskedLM
     if not (Path(path) / "config.json").exists():
         raise FileNotFoundError(f"teacher model not found at {path}: pre-train the teacher run first")
-    teacher = BertForMaskedLM.from_pretrained(path)
+    teacher = AutoModelForMaskedLM.from_pretrained(path)
     if teacher.config.vocab_size != vocab_size:
         raise ValueError(f"teacher vocabulary ({teacher.config.vocab_size}) differs from the student's "
                          f"({vocab_size}): DWT needs one shared tokenizer")
@@ -203,9 +204,7 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
     torch.manual_seed(pc.seed)
     random.seed(pc.seed)
     np.random.seed(pc.seed)
-    mlm = build_model(key["shape"], vocab, max_position_embeddings=max(512, cfg.data.max_seq_length),
-                      hidden_dropout_prob=cfg.model.hidden_dropout_prob,
-                      attention_probs_dropout_prob=cfg.model.attention_probs_dropout_prob)
+    mlm = build_model(key["shape"], vocab, special_ids=special_ids(tok), **model_kwargs(cfg))
     n_params = count_parameters(mlm)
 
     teacher, gates = None, None
@@ -369,7 +368,7 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
                 acc.log({k: v for k, v in rec.items() if k != "step"}, step=step)
             bar.set_postfix(loss=f"{w[0]:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
             window, tokens_since, t_log = [], 0, time.time()
-        if step in snaps and gates and gates.m < 1.0:
+        if step in snaps and gates and gates.layers and gates.m < 1.0:
             raise ValueError(f"run {run.name}: snapshot at step {step} with the new layers' gate at {gates.m:.3f} "
                              f"< 1: set init.ramp_fraction at most the first pretrain.snapshot_fractions")
         if step in snaps and main:

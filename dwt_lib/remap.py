@@ -9,6 +9,12 @@ layer 3.
 Widths must agree (hidden size, intermediate size, heads, vocabulary): this is depth
 remapping only. Anything in the student with no counterpart in the teacher is left as it is
 and reported as ``"random"``.
+
+Both architectures follow the same rule; only the layer names differ (``bert.encoder.layer.{i}.`` /
+``model.layers.{i}.``, from the adapter :func:`dwt_lib.models.arch_of`). ModernBERT's head (``head.*``,
+``decoder.*``) and final norm (``model.final_norm``) are copied like BERT's ``cls.*``. Its layer 0 has no
+``attn_norm`` (the embeddings end in a norm), so a student layer >= 1 filled from teacher layer 0 (a 1-layer
+teacher) keeps its own ``attn_norm`` at initialisation (ones), reported as ``"random"``.
 """
 from __future__ import annotations
 
@@ -17,8 +23,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .models import arch_of
+
 RANDOM = "random"
-_LAYER = re.compile(r"^(?P<pre>.*\.encoder\.layer\.)(?P<i>\d+)(?P<post>\..*)$")
+_LAYER = arch_of("bert").layer_re          # BERT's layer names (the default of source_key)
 _CONFIG_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "vocab_size")
 
 
@@ -82,11 +90,11 @@ def _tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _num_layers(names, model) -> int:
+def _num_layers(names, model, layer_re: re.Pattern = _LAYER) -> int:
     cfg = getattr(model, "config", None)
     if cfg is not None and getattr(cfg, "num_hidden_layers", None) is not None:
         return int(cfg.num_hidden_layers)
-    idx = [int(m["i"]) for m in map(_LAYER.match, names) if m]
+    idx = [int(m["i"]) for m in map(layer_re.match, names) if m]
     return max(idx) + 1 if idx else 0
 
 
@@ -94,6 +102,10 @@ def _check_configs(teacher, student) -> None:
     tc, sc = getattr(teacher, "config", None), getattr(student, "config", None)
     if tc is None or sc is None:
         return
+    ta, sa = arch_of(teacher).name, arch_of(student).name
+    if ta != sa:
+        raise ValueError(f"cannot remap: teacher is {ta} but student is {sa}; teacher and student must share "
+                         f"model.arch")
     for k in _CONFIG_KEYS:
         a, b = getattr(tc, k, None), getattr(sc, k, None)
         if a != b:
@@ -101,10 +113,10 @@ def _check_configs(teacher, student) -> None:
                              f"layers and needs the same {', '.join(_CONFIG_KEYS)}")
 
 
-def source_key(student_key: str, teacher_layers: int) -> str:
+def source_key(student_key: str, teacher_layers: int, layer_re: re.Pattern = _LAYER) -> str:
     """The teacher name a student name maps to: layer i -> min(i, teacher_layers - 1), all other
-    names unchanged."""
-    m = _LAYER.match(student_key)
+    names unchanged. ``layer_re``: the architecture's layer names (default BERT's)."""
+    m = layer_re.match(student_key)
     if not m or teacher_layers < 1:
         return student_key
     i = min(int(m["i"]), teacher_layers - 1)
@@ -121,13 +133,14 @@ def remap_parameters(teacher: torch.nn.Module, student: torch.nn.Module) -> Rema
     shape differs. Tied student tensors (decoder weight = word embeddings) are written once.
     """
     _check_configs(teacher, student)
+    layer_re = arch_of(student).layer_re
     t_all, s_all = _tensors(teacher), _tensors(student)
-    n_t = _num_layers(t_all, teacher)
+    n_t = _num_layers(t_all, teacher, layer_re)
     report = RemapReport()
     written: dict[tuple, str] = {}     # storage identity -> first student name written
     for name, dst in s_all.items():
         ident = (dst.data_ptr(), dst.dtype, tuple(dst.shape), dst.stride()) if dst.numel() else (name,)
-        src_name = source_key(name, n_t)
+        src_name = source_key(name, n_t, layer_re)
         src = t_all.get(src_name)
         if src is not None and tuple(src.shape) != tuple(dst.shape):
             raise ValueError(f"cannot remap {src_name} -> {name}: teacher shape {tuple(src.shape)} "

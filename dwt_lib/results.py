@@ -8,6 +8,7 @@ so a rerun that contradicts the paper says so.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from . import preflight, spread
@@ -17,6 +18,9 @@ from .premise import premise_check  # noqa: F401  (re-exported: the summary's fi
 from .runs import outputs_dir, read_json, write_result
 from .studies import (ensure_pretrained, named_run, pretrain_seed, seed_runs, selected_lrs, split_seed, study_runs,
                       study_scores, with_lrs)
+
+# A layer index in a state-dict name of either architecture (bert.encoder.layer.3. / model.layers.3.).
+_LAYER_INDEX = re.compile(r"(?:encoder\.layer|layers)\.(\d+)\.")
 
 #: What the paper reports (Fig. 2 and Sec. 3.1), shown beside our numbers and labelled as the paper's.
 PAPER_FIG2 = {
@@ -274,8 +278,8 @@ def remap_check(cfg: Config, name: str) -> dict:
     return {"copied": len(copied), "compared": len(compared), "copied_and_equal": equal,
             "not_in_saved_files": sorted(set(copied) - set(compared)),
             "random": sum(1 for v in sources.values() if v == "random"),
-            "layer_sources": sorted({(k.split(".")[3], v.split(".")[3]) for k, v in copied.items()
-                                     if ".encoder.layer." in k})}
+            "layer_sources": sorted({(a[0], b[0]) for k, v in copied.items()
+                                     if (a := _LAYER_INDEX.findall(k)) and (b := _LAYER_INDEX.findall(v))})}
 
 
 def over_training_table(res: dict):

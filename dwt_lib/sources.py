@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from .config import BYTE_TOKENIZER, TRAINED_TOKENIZER
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
 SAMPLE_PREFIX = "sample:"
@@ -155,7 +157,7 @@ def describe_sources(cfg) -> list[dict]:
         s = resolve_corpus(c)
         rows.append({"role": "corpus", **s.record(), "config": c.config, "split": c.split,
                      "mirror": c.mirror, "location": _display(s)})
-    if cfg.data.tokenizer != "train":
+    if cfg.data.tokenizer not in (TRAINED_TOKENIZER, BYTE_TOKENIZER):
         s = resolve_source(cfg.data.tokenizer)
         rows.append({"role": "tokenizer", **s.record(), "location": _display(s)})
     s = resolve_source(cfg.finetune.source)

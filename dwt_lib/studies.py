@@ -46,10 +46,17 @@ def _base_key(cfg: Config, size: str) -> dict:
     # each of which gives other token ids, so a run on other data never resumes or reuses this one.
     from .data import data_hash
     from .models import resolve_size
+    # "arch" and "initializer_range" enter only when not at their defaults (bert, the arch's own), so every run
+    # from before they existed keeps its id (tests/test_golden_ids.py).
     pretrain = {k: v for k, v in jsonable(cfg.pretrain).items() if k not in BOOKKEEPING}
-    return {"size": size, "shape": resolve_size(size, cfg.model.sizes), "data": data_hash(cfg.data), "pretrain": pretrain,
-            "dropout": [cfg.model.hidden_dropout_prob, cfg.model.attention_probs_dropout_prob],
-            "world_size": cfg.launch.num_processes}
+    key = {"size": size, "shape": resolve_size(size, cfg.model.sizes), "data": data_hash(cfg.data), "pretrain": pretrain,
+           "dropout": [cfg.model.hidden_dropout_prob, cfg.model.attention_probs_dropout_prob],
+           "world_size": cfg.launch.num_processes}
+    if cfg.model.arch != "bert":
+        key["arch"] = cfg.model.arch
+    if cfg.model.initializer_range is not None:
+        key["initializer_range"] = cfg.model.initializer_range
+    return key
 
 
 def pretrain_run(cfg: Config, name: str, size: str, teacher: Optional[Run] = None, init: str = "random",
