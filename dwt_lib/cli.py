@@ -21,6 +21,7 @@ import yaml
 
 from .config import ConfigError, load_params
 from .errors import debug_enabled, report
+from .paths import pin_environment
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -179,6 +180,7 @@ def main(argv=None) -> int:
 
     args = ap.parse_args(argv)
     try:
+        pin_environment()           # relative DWT_OUTPUTS_DIR / CACHE / DATA: resolved once, here
         return args.fn(args)
     except (Exception, KeyboardInterrupt) as e:     # expected errors: one line, exit 2; bugs: traceback
         _close_progress_bars()

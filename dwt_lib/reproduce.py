@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .config import load_params
+from .config import PARAMS_DIR, load_params, resolve_params_path
+from .paths import pin_environment
 from .runs import REPO, outputs_dir
 
 NOTEBOOKS = REPO / "notebooks"
@@ -27,12 +28,23 @@ def notebooks(only: Optional[list[str]] = None) -> list[Path]:
     return nbs
 
 
+def notebook_profile(profile: str) -> str:
+    """What the notebooks' ``profile`` parameter gets: a profile's name as is, a path as an absolute path (the
+    kernel runs in ``notebooks/``, where a relative ``params/mine.yaml`` names nothing)."""
+    path = resolve_params_path(profile)
+    if str(profile) == path.stem and path.resolve().parent == PARAMS_DIR.resolve():
+        return str(profile)
+    return str(path.resolve())
+
+
 def reproduce(profile: str, only: Optional[list[str]] = None, overrides: Optional[dict] = None) -> int:
     """Run the notebooks for ``profile`` (a name or a YAML path); return a process exit code."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
     from .preflight import check_all
+    pin_environment()                              # relative DWT_*_DIR: resolved here, not in notebooks/
+    profile = notebook_profile(profile)
     cfg = load_params(profile, overrides)          # fail on a bad profile before starting a kernel
     from .studies import check_device
     check_device(cfg)                              # and on a GPU profile without a GPU

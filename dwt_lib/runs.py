@@ -21,15 +21,16 @@ from typing import Any, Callable, Optional
 from filelock import FileLock
 
 from .config import Config, stable_hash
+from . import integrity
 from .errors import DamagedFileError, Interrupted
+from .paths import outputs_root
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def outputs_dir(cfg: Config) -> Path:
-    """``$DWT_OUTPUTS_DIR/<profile>`` (default ``<repo>/outputs/<profile>``)."""
-    root = Path(os.environ.get("DWT_OUTPUTS_DIR", REPO / "outputs"))
-    return root / cfg.profile
+    """``$DWT_OUTPUTS_DIR/<profile>`` (default ``<repo>/outputs/<profile>``), absolute (:mod:`dwt_lib.paths`)."""
+    return outputs_root() / cfg.profile
 
 
 # ----------------------------------------------------------------------------- atomic I/O
@@ -279,8 +280,10 @@ def _status(d: Path, meta: dict) -> dict:
         res, why = check_result(d / "result.json")
         if why:
             return {"status": f"damaged: result.json {why}"}
-        if meta.get("kind") != "finetune" and not (d / "model" / "config.json").exists():
-            return {"status": "damaged: model/ missing", "wall_time_s": res["provenance"].get("wall_time_s")}
+        folders = ["model"] + sorted(v for v in (res.get("snapshots") or {}).values() if isinstance(v, str))
+        why = integrity.folders_problem(d, folders) if meta.get("kind") != "finetune" else None
+        if why:                                  # deleted, or its bytes differ from the sha256 recorded at save
+            return {"status": f"damaged: {why}", "wall_time_s": res["provenance"].get("wall_time_s")}
         return {"status": "finished", "progress": 1.0, "wall_time_s": res["provenance"].get("wall_time_s")}
     if (d / "progress.json").exists():
         try:
