@@ -20,6 +20,7 @@ import sys
 import yaml
 
 from .config import ConfigError, load_params
+from .config_checks import seed_ok
 from .errors import debug_enabled, report
 from .paths import pin_environment
 
@@ -57,6 +58,8 @@ def cmd_pretrain(args) -> int:
 def cmd_finetune(args) -> int:
     from .preflight import check
     from .studies import ensure_finetuned
+    if args.seed is not None and not seed_ok(args.seed):
+        raise ConfigError(f"--seed {args.seed}: expected a fine-tuning seed in [0, 2^32); e.g. --seed 1")
     cfg = _cfg(args)
     seeds = [args.seed] if args.seed is not None else list(cfg.finetune.seeds)
     tasks = [args.task] if args.task else list(cfg.finetune.tasks)

@@ -140,7 +140,7 @@ def _check_per_task(ft: FinetuneConfig, src: str, p: str) -> None:
                 if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                     _fail(src, f"{p}{k}.{task}", "an integer >= 1 or null (the whole training set)", v)
             elif not _finite(v) or v <= 0:
-                _fail(src, f"{p}{k}.{task}", "a positive finite number", v)
+                _fail(src, f"{p}{k}.{task}", "a positive number (finite)", v)
     for k in ("max_train_examples", "max_eval_examples"):
         if getattr(ft, k) is not None and getattr(ft, k) < 1:
             _fail(src, p + k, "an integer >= 1 or null (the whole split)", getattr(ft, k))

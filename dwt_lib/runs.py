@@ -8,17 +8,20 @@ lock keeps two processes from training the same run. Every JSON file is written 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from .config import Config, stable_hash
 from . import integrity
@@ -93,6 +96,28 @@ def read_json_or_none(path: Path, log: Callable[[str], None] = print) -> Any:
     except DamagedFileError as e:
         log(f"[dwt] {path} is damaged ({e.what}); ignoring it")
         return None
+
+
+def read_log(path: Path) -> list[dict]:
+    """The records of a run's ``log.jsonl`` (none when it is missing). A line that is not a JSON object (a log cut
+    short or edited) raises :class:`DamagedFileError` naming the file and the line, not a bare JSONDecodeError."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    for i, ln in enumerate(path.read_text().splitlines(), 1):
+        if not ln.strip():
+            continue
+        try:
+            rec = json.loads(ln)
+        except json.JSONDecodeError as e:
+            rec = e
+        if not isinstance(rec, dict):
+            raise DamagedFileError(f"training log line {i} is not a JSON object (cut short?)", path,
+                                   f"restore the file, or delete the run's folder {path.parent} and rerun to train it "
+                                   f"again (to the same weights)")
+        out.append(rec)
+    return out
 
 
 def move_aside(path: Path) -> Path:
@@ -191,6 +216,32 @@ class Run:
         self.dir.parent.mkdir(parents=True, exist_ok=True)
         return FileLock(str(self.dir) + ".lock")
 
+    @contextlib.contextmanager
+    def holding(self, say: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)):
+        """Hold the run's lock; a process that has to wait says for what, held by whom and since when (read from
+        ``<id>.lock.json``, which the holder writes), instead of hanging silently."""
+        lock, holder = self.lock(), Path(str(self.dir) + ".lock.json")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            h = read_json_or_none(holder, log=lambda s: None)
+            h = h if isinstance(h, dict) else {}
+            who = f"process {h.get('pid', '?')} on {h.get('host', '?')}" if h else "another process"
+            since = f" since {h['since']}" if h.get("since") else ""
+            say(f"[dwt] waiting for run {self.name} ({self.id}): {who} has been working on it{since} "
+                f"(lock {lock.lock_file}); this process continues when that one finishes "
+                f"(waiting since {time.strftime('%Y-%m-%d %H:%M:%S')})")
+            lock.acquire()
+        try:
+            with contextlib.suppress(OSError):
+                atomic_write_json(holder, {"pid": os.getpid(), "host": socket.gethostname(),
+                                           "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": sys.argv[:6]})
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                holder.unlink()
+            lock.release()
+
 
 def check_result(path: Path) -> tuple[Optional[dict], Optional[str]]:
     """``(result, None)`` for a whole result file, ``(None, why)`` for a damaged or incomplete one."""
@@ -246,7 +297,7 @@ def ensure(run: Run, cfg: Config, train: Callable[[Run], dict], log: Callable[[s
     res, _ = usable()
     if res is not None:
         return res
-    with run.lock():
+    with run.holding():
         res, why = usable()
         if res is not None:         # another process finished it while we waited
             return res
