@@ -154,7 +154,9 @@ def evaluate_mlm(model: torch.nn.Module, blocks: torch.Tensor, tokenizer, cfg: C
     loss_sum, correct, count = (accelerator.reduce(t, "sum") for t in (loss_sum, correct, count))
     model.train()
     c = max(count.item(), 1.0)
-    return {"mlm_loss": loss_sum.item() / c, "mlm_accuracy": correct.item() / c, "eval_tokens": int(count.item())}
+    # which held-out set: the first eval_blocks blocks (pretrain.eval_batches x batch x processes), masked the same
+    return {"mlm_loss": loss_sum.item() / c, "mlm_accuracy": correct.item() / c, "eval_tokens": int(count.item()),
+            "eval_blocks": n, "eval_batches": cfg.pretrain.eval_batches}
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -365,7 +367,8 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
                    **({"gate": gates.m} if gates else {})}
             if step % pc.eval_every == 0 or step == total:
                 ev = evaluate_mlm(model, data.validation, tok, cfg, acc, autocast)
-                rec.update(eval_mlm_loss=ev["mlm_loss"], eval_mlm_accuracy=ev["mlm_accuracy"])
+                rec.update(eval_mlm_loss=ev["mlm_loss"], eval_mlm_accuracy=ev["mlm_accuracy"],
+                           eval_blocks=ev["eval_blocks"])
             if main:
                 with open(log_path, "a") as f:
                     f.write(json.dumps(rec) + "\n")

@@ -26,6 +26,7 @@ from filelock import FileLock, Timeout
 from .config import Config, stable_hash
 from . import integrity
 from .errors import DamagedFileError, Interrupted
+from .machine import machine
 from .paths import outputs_root
 
 REPO = Path(__file__).resolve().parent.parent
@@ -164,11 +165,11 @@ def versions() -> dict:
 def provenance(cfg: Config, wall_time_s: Optional[float] = None) -> dict:
     """What every result file records: resolved config, its hash, where each data source was read from
     (sample / mirror, stand-in or not / hub: :func:`dwt_lib.sources.describe_sources`), git commit,
-    versions, wall time."""
+    versions, the machine (:func:`machine`), wall time."""
     from .sources import describe_sources
     return {"profile": cfg.profile, "config": cfg.to_dict(), "config_hash": cfg.short_hash(),
             "data_sources": describe_sources(cfg),
-            "git_commit": git_commit(), "versions": versions(), "wall_time_s": wall_time_s,
+            "git_commit": git_commit(), "versions": versions(), "machine": machine(), "wall_time_s": wall_time_s,
             "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 

@@ -225,7 +225,22 @@ def ensure_pretrained(cfg: Config, name: str, progress: bool = True) -> dict:
             return train(rcfg, r, progress=progress)
         return _launch_workers(rcfg, r)
 
-    return runs.ensure(run, rcfg, work, check=pretrained_problem)   # provenance: the seed it trained with
+    def check(r: Run, res: dict) -> Optional[str]:
+        return pretrained_problem(r, res) or eval_set_problem(rcfg, res)
+
+    return runs.ensure(run, rcfg, work, check=check)   # provenance: the seed it trained with
+
+
+def eval_set_problem(cfg: Config, res: dict) -> Optional[str]:
+    """A finished run whose final held-out loss was measured on another held-out set than ``pretrain.eval_batches``
+    now asks for (a bookkeeping setting, not part of its identity): it is evaluated again from its final
+    checkpoint (nothing retrained), so every table compares losses on one set. Results from before this record
+    (no ``eval_batches`` in ``final_eval``) are kept."""
+    was = (res.get("final_eval") or {}).get("eval_batches")
+    if was is not None and was != cfg.pretrain.eval_batches:
+        return (f"its held-out loss was measured on {was} batches and pretrain.eval_batches is now "
+                f"{cfg.pretrain.eval_batches}")
+    return None
 
 
 def pretrained_problem(run: Run, res: dict) -> Optional[str]:
