@@ -226,7 +226,7 @@ def _read_text(path: Path, chain: tuple[Path, ...]) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{where}{path}: not UTF-8 text (byte {e.start}); save the params file as UTF-8") from None
+        raise ConfigError(f"{where}{path}: not UTF-8 text (at byte offset {e.start}); save the params file as UTF-8") from None
 
 
 def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from .config import PARAMS_DIR, load_params, resolve_params_path
+from .errors import Interrupted, UnknownNameError
 from .paths import pin_environment
 from .runs import REPO, outputs_dir
 
@@ -37,6 +38,24 @@ def notebook_profile(profile: str) -> str:
     return str(path.resolve())
 
 
+def kernel_manager(log: Path) -> type:
+    """An ``AsyncKernelManager`` whose kernel writes its own stderr to ``log`` (appended), not to the terminal: on
+    Ctrl-C the kernel, losing its sockets while it shuts down, printed a ``ZMQError`` traceback above the one
+    ``dwt:`` line; its start-up warnings went there too. Cell outputs and errors are in the executed notebook."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class LoggedKernelManager(AsyncKernelManager):
+        async def _async_start_kernel(self, **kw):
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "ab") as f:               # the kernel keeps its own descriptor of the file
+                kw.setdefault("stderr", f)
+                return await super()._async_start_kernel(**kw)
+
+        start_kernel = _async_start_kernel
+
+    return LoggedKernelManager
+
+
 def reproduce(profile: str, only: Optional[list[str]] = None, overrides: Optional[dict] = None) -> int:
     """Run the notebooks for ``profile`` (a name or a YAML path); return a process exit code."""
     import papermill as pm
@@ -53,21 +72,26 @@ def reproduce(profile: str, only: Optional[list[str]] = None, overrides: Optiona
     out.mkdir(parents=True, exist_ok=True)
     nbs = notebooks(only)
     if not nbs:
-        from .errors import UnknownNameError
         raise UnknownNameError(f"no notebook matches {','.join(only or [])}", "--notebooks",
                                f"use prefixes of {', '.join(p.name for p in notebooks())}, e.g. 01,03")
     t_all = time.time()
     for i, nb in enumerate(nbs, 1):
         print(f"[{i}/{len(nbs)}] {nb.name} (profile {cfg.profile})", flush=True)
         t0 = time.time()
+        log = outputs_dir(cfg) / "runs" / ".kernels" / f"{nb.stem}.log"      # ignored by git, like the runs
         try:
             pm.execute_notebook(str(nb), str(out / nb.name), kernel_name="python3", progress_bar=True,
                                 parameters={"profile": str(profile), "overrides": dict(overrides or {}),
                                             "interactive": False},   # static figures, no widgets
-                                cwd=str(NOTEBOOKS))
+                                cwd=str(NOTEBOOKS), kernel_manager_class=kernel_manager(log))
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted in {nb.name} (notebook {i} of {len(nbs)}); rerun the same command to "
+                              f"continue (finished runs are kept, unfinished ones resume from their last "
+                              f"checkpoint; the kernel's messages are in {log})") from None
         except PapermillExecutionError as e:
             print(f"dwt reproduce: {nb.name} failed at cell {e.exec_count} ({e.ename}: {e.evalue}); "
-                  f"the executed copy with the traceback is {out / nb.name}", file=sys.stderr)
+                  f"the executed copy with the traceback is {out / nb.name} (the kernel's own messages: {log})",
+                  file=sys.stderr)
             return 1
         print(f"    done in {time.time() - t0:.0f} s -> {out / nb.name}", flush=True)
     print(f"reproduced {len(nbs)} notebooks for profile {cfg.profile} in {time.time() - t_all:.0f} s; "

@@ -52,7 +52,7 @@ def recorded_runs(cfg: Config) -> dict[str, dict]:
                 out.setdefault(r["id"], {"mlm_loss": r["mlm_loss"], "mlm_accuracy": r.get("mlm_accuracy"),
                                          "train_time_s": r.get("train_time_s"), "source": p,
                                          "provenance": res.get("provenance", {})})
-    for d in sorted((root / "runs").glob("*-*")):
+    for d in sorted(p for p in (root / "runs").glob("*-*") if p.is_dir()):
         res, why = check_result(d / "result.json")
         if why is None and "final_eval" in res:
             out[d.name] = {"mlm_loss": res["final_eval"]["mlm_loss"],
