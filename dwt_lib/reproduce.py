@@ -8,7 +8,11 @@ reproduction with a non-zero exit that names the notebook and the cell. Notebook
 """
 from __future__ import annotations
 
+import contextlib
+import logging
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -56,6 +60,39 @@ def kernel_manager(log: Path) -> type:
     return LoggedKernelManager
 
 
+@contextlib.contextmanager
+def quiet_after_interrupt():
+    """After a Ctrl-C, nothing more from papermill's and asyncio's loggers: while it unwinds, the kernel it stops
+    is reported as "Kernel died" and its pending cell as "Task exception was never retrieved" (a traceback), above
+    the one ``dwt:`` line that says what happened. Before a Ctrl-C (a kernel that really dies) they speak as usual."""
+    hit = threading.Event()
+    keep = lambda record: not hit.is_set()           # noqa: E731
+    loggers = [logging.getLogger(n) for n in ("papermill", "asyncio", "traitlets")]
+    main = threading.current_thread() is threading.main_thread()
+    prev = signal.getsignal(signal.SIGINT) if main else None
+
+    def on_sigint(signum, frame):
+        hit.set()
+        raise KeyboardInterrupt
+
+    for lg in loggers:
+        lg.addFilter(keep)
+    if main and prev is signal.default_int_handler:   # not where SIGINT is ignored (nohup, a background job)
+        signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield hit
+    except KeyboardInterrupt:
+        hit.set()
+        raise
+    finally:
+        if main and prev is signal.default_int_handler:
+            signal.signal(signal.SIGINT, prev)
+        # the asyncio task is collected (and would be reported) later: the filters stay once a Ctrl-C came
+        if not hit.is_set():
+            for lg in loggers:
+                lg.removeFilter(keep)
+
+
 def reproduce(profile: str, only: Optional[list[str]] = None, overrides: Optional[dict] = None) -> int:
     """Run the notebooks for ``profile`` (a name or a YAML path); return a process exit code."""
     import papermill as pm
@@ -80,10 +117,11 @@ def reproduce(profile: str, only: Optional[list[str]] = None, overrides: Optiona
         t0 = time.time()
         log = outputs_dir(cfg) / "runs" / ".kernels" / f"{nb.stem}.log"      # ignored by git, like the runs
         try:
-            pm.execute_notebook(str(nb), str(out / nb.name), kernel_name="python3", progress_bar=True,
-                                parameters={"profile": str(profile), "overrides": dict(overrides or {}),
-                                            "interactive": False},   # static figures, no widgets
-                                cwd=str(NOTEBOOKS), kernel_manager_class=kernel_manager(log))
+            with quiet_after_interrupt():
+                pm.execute_notebook(str(nb), str(out / nb.name), kernel_name="python3", progress_bar=True,
+                                    parameters={"profile": str(profile), "overrides": dict(overrides or {}),
+                                                "interactive": False},   # static figures, no widgets
+                                    cwd=str(NOTEBOOKS), kernel_manager_class=kernel_manager(log))
         except KeyboardInterrupt:
             raise Interrupted(f"interrupted in {nb.name} (notebook {i} of {len(nbs)}); rerun the same command to "
                               f"continue (finished runs are kept, unfinished ones resume from their last "
