@@ -28,7 +28,6 @@ import torch
 
 from . import paths
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 

@@ -27,7 +27,6 @@ from typing import Optional
 
 from . import paths
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
 SAMPLE_PREFIX = "sample:"
 
