@@ -26,29 +26,12 @@ import numpy as np
 import torch
 
 from .errors import DamagedFileError, DiskFullError, disk_full
+from .integrity import sha256_file
 from .runs import atomic_write_json
 
 NAMES = ("last.pt", "prev.pt")       # newest first
 MANIFEST = "manifest.json"
 TMP = "last.tmp"
-
-
-_DIGESTS: dict[tuple, str] = {}      # (path, inode, size, mtime) -> sha256 of files this process hashed
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22, remembered: bool = False) -> str:
-    """sha256 of a file, always read from disk unless ``remembered``: then a digest this process
-    computed for the same inode, size and mtime is reused (a save does not hash the previous
-    checkpoint again: it was verified at load, or read back when this process wrote it)."""
-    st = os.stat(path)
-    key = (str(Path(path).resolve().parent), st.st_ino, st.st_size, st.st_mtime_ns)
-    if not remembered or key not in _DIGESTS:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while block := f.read(chunk):
-                h.update(block)
-        _DIGESTS[key] = h.hexdigest()
-    return _DIGESTS[key]
 
 
 def write_file(path: Path, data: bytes) -> None:
@@ -60,12 +43,16 @@ def write_file(path: Path, data: bytes) -> None:
 
 
 def read_manifest(folder: Path) -> Optional[dict]:
-    """``{name: {sha256, bytes, step}}`` from the manifest; None when it is missing or unreadable."""
+    """``{name: {sha256, bytes, step}}`` from the manifest; None when it is missing or unreadable. Malformed
+    entries (not an object, no sha256 string) are left out; a manifest with none left counts as unreadable."""
     try:
         files = json.loads((Path(folder) / MANIFEST).read_text())["files"]
-        return files if isinstance(files, dict) else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if not isinstance(files, dict):
+        return None
+    files = {k: e for k, e in files.items() if isinstance(e, dict) and isinstance(e.get("sha256"), str)}
+    return files or None
 
 
 def save(folder: Path, state: dict) -> Path:
@@ -105,15 +92,15 @@ def save(folder: Path, state: dict) -> Path:
     return last
 
 
-def _why_damaged(path: Path, entry: Optional[dict], known: Optional[set]) -> Optional[str]:
+def _why_damaged(path: Path, entry: Optional[dict], known: Optional[set], digest: Optional[str]) -> Optional[str]:
     size = path.stat().st_size
     if size == 0:
         return "empty file"
-    if known is None:               # no manifest (a run from before checksums): loading decides
+    if known is None:               # no usable manifest: loading decides
         return None
-    if sha256_file(path) in known:
+    if digest in known:
         return None
-    if entry and entry.get("bytes") and size != entry["bytes"]:
+    if entry and isinstance(entry.get("bytes"), int) and entry["bytes"] and size != entry["bytes"]:
         return f"{'truncated' if size < entry['bytes'] else 'wrong size'}: {size} of {entry['bytes']} bytes"
     return "sha256 differs from the manifest"
 
@@ -123,20 +110,26 @@ def load(folder: Path, log: Callable[[str], None] = print, is_main: bool = True)
 
     Damaged files are moved aside as ``<name>.damaged`` (by the main process) so that the next
     save cannot rotate them into ``prev.pt``; the message names the damaged file and the one used.
+    A manifest that is unreadable, or that disagrees with every checkpoint (it is the manifest that is wrong,
+    then, not all of them), is not trusted: each checkpoint is checked by loading it, as one from before checksums.
     """
     folder = Path(folder)
     if is_main:
         (folder / TMP).unlink(missing_ok=True)      # half a save, or one not yet moved into place
     manifest = read_manifest(folder)
+    present = [folder / n for n in NAMES if (folder / n).exists()]
+    digests = {p.name: sha256_file(p) for p in present if manifest is not None and p.stat().st_size}
     if manifest is None and (folder / MANIFEST).exists():
         log(f"[dwt] {folder / MANIFEST} is damaged; checking each checkpoint by loading it")
-    known = {e.get("sha256") for e in manifest.values() if isinstance(e, dict)} if manifest else None
+    elif manifest is not None and digests and not set(digests.values()) & {e["sha256"] for e in manifest.values()}:
+        log(f"[dwt] {folder / MANIFEST} matches none of the checkpoints ({', '.join(digests)}); not trusting it, "
+            f"checking each checkpoint by loading it")
+        manifest = None
+    known = {e["sha256"] for e in manifest.values()} if manifest else None
     damaged: list[tuple[Path, str]] = []
-    for name in NAMES:
-        path = folder / name
-        if not path.exists():
-            continue
-        why = _why_damaged(path, (manifest or {}).get(name), known)
+    for path in present:
+        name = path.name
+        why = _why_damaged(path, (manifest or {}).get(name), known, digests.get(name))
         if why is None:
             try:
                 state = torch.load(path, map_location="cpu", weights_only=False)
@@ -147,6 +140,10 @@ def load(folder: Path, log: Callable[[str], None] = print, is_main: bool = True)
         if why is None:
             if damaged:
                 log(f"[dwt] {_list(damaged)}; resuming from {path} (step {state['step']})")
+            if known is None and is_main and (folder / MANIFEST).exists():   # a new manifest: the file that loaded
+                digest = digests.get(name) or sha256_file(path)
+                atomic_write_json(folder / MANIFEST, {"version": 1, "files": {name: {
+                    "sha256": digest, "bytes": path.stat().st_size, "step": state["step"]}}})
             return state
         damaged.append((path, why))
         if is_main:

@@ -6,6 +6,7 @@
     dwt runs      --profile P [--plot RUN ...]
     dwt plan      --profile P
     dwt reproduce --profile P [--notebooks 01,02]
+    dwt verify    --profile P [--runs NAME ...] [--cheapest N]
 
 ``--set`` applies dotted overrides to the profile (``--set pretrain.max_steps=10``), values
 parsed as YAML. Every expected error (params, data, names, disk, damaged files, Ctrl-C) prints
@@ -20,7 +21,9 @@ import sys
 import yaml
 
 from .config import ConfigError, load_params
+from .config_checks import seed_ok
 from .errors import debug_enabled, report
+from .paths import pin_environment
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -56,6 +59,8 @@ def cmd_pretrain(args) -> int:
 def cmd_finetune(args) -> int:
     from .preflight import check
     from .studies import ensure_finetuned
+    if args.seed is not None and not seed_ok(args.seed):
+        raise ConfigError(f"--seed {args.seed}: expected a fine-tuning seed in [0, 2^32); e.g. --seed 1")
     cfg = _cfg(args)
     seeds = [args.seed] if args.seed is not None else list(cfg.finetune.seeds)
     tasks = [args.task] if args.task else list(cfg.finetune.tasks)
@@ -124,6 +129,11 @@ def cmd_reproduce(args) -> int:
     return reproduce(args.profile, only=only, overrides=_overrides(args.set))
 
 
+def cmd_verify(args) -> int:
+    from .verify import verify
+    return 0 if verify(_cfg(args), args.runs, args.cheapest, args.keep)["ok"] else 1
+
+
 def cmd_worker(args) -> int:
     """Internal: one process of an ``accelerate launch``ed pre-training run."""
     import json
@@ -172,6 +182,10 @@ def main(argv=None) -> int:
     add("plan", cmd_plan, "print every run the studies need and its cost, without running")
     p = add("reproduce", cmd_reproduce, "execute every notebook with papermill for a profile")
     p.add_argument("--notebooks", default=None, help="comma-separated prefixes, e.g. 01,03")
+    p = add("verify", cmd_verify, "retrain finished runs from scratch in a temporary folder and compare")
+    p.add_argument("--runs", nargs="+", metavar="RUN", help="these runs (default: the cheapest recorded ones)")
+    p.add_argument("--cheapest", type=int, default=1, help="how many of the cheapest recorded runs (default 1)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary outputs folder")
     w = sub.add_parser("_worker")
     w.add_argument("--run-dir", required=True)
     w.add_argument("--name", required=True)
@@ -179,6 +193,7 @@ def main(argv=None) -> int:
 
     args = ap.parse_args(argv)
     try:
+        pin_environment()           # relative DWT_OUTPUTS_DIR / CACHE / DATA: resolved once, here
         return args.fn(args)
     except (Exception, KeyboardInterrupt) as e:     # expected errors: one line, exit 2; bugs: traceback
         _close_progress_bars()

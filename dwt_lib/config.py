@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from typing import Any, Optional, Union
 import yaml
 
 PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
+MAX_PROFILE_BYTES = 1 << 20     # a profile is a few KB; reading stops here (``--profile /dev/zero`` never ends)
+MAX_INT = 2**63 - 1             # what torch and NumPy hold; a larger integer overflows inside them
 
 
 class ConfigError(ValueError):
@@ -226,6 +229,24 @@ def resolve_params_path(name_or_path: str | Path) -> Path:
     return PARAMS_DIR / f"{name_or_path}.yaml"
 
 
+def _read_text(path: Path, chain: tuple[Path, ...]) -> str:
+    """The profile's text: a regular file of at most :data:`MAX_PROFILE_BYTES`, UTF-8 (one ConfigError otherwise)."""
+    where = f"{chain[-1]}: extends: " if chain else ""
+    if not path.is_file():
+        what = "a directory" if path.is_dir() else "not a regular file"
+        raise ConfigError(f"{where}{path}: {what}, not a params file; give a profile name (e.g. smoke) or the "
+                          f"path of a YAML file")
+    with open(path, "rb") as f:                  # bounded: a device or a huge file is not read to the end
+        data = f.read(MAX_PROFILE_BYTES + 1)
+    if len(data) > MAX_PROFILE_BYTES:
+        raise ConfigError(f"{where}{path}: larger than {MAX_PROFILE_BYTES >> 20} MB, not a params file; give a "
+                          f"profile name (e.g. smoke) or the path of a YAML profile")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{where}{path}: not UTF-8 text (at byte offset {e.start}); save the params file as UTF-8") from None
+
+
 def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     if not path.exists():
         avail = ", ".join(sorted(q.stem for q in PARAMS_DIR.glob("*.yaml")))
@@ -233,8 +254,9 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"{where}params file not found: {path} (profiles in {PARAMS_DIR}: {avail})")
     if path.resolve() in [c.resolve() for c in chain]:
         raise ConfigError(f"{path}: extends: cycle through {' -> '.join(map(str, chain))}")
+    text = _read_text(path, chain)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if raw is None:
@@ -244,6 +266,9 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     parent = raw.pop("extends", None)
     if parent is None:
         return raw
+    if not isinstance(parent, str) or not parent.strip():
+        raise ConfigError(f"{path}: extends: expected one profile name or path (e.g. 'extends: smoke'), "
+                          f"got {parent!r}")
     ppath = resolve_params_path(parent) if not Path(str(parent)).is_absolute() else Path(parent)
     if not ppath.exists() and not Path(str(parent)).suffix:
         ppath = path.parent / f"{parent}.yaml"
@@ -286,6 +311,8 @@ def load_params(name_or_path: str | Path = "smoke", overrides: Optional[dict] = 
     after ``extends`` is resolved. Unknown keys, wrong types and impossible values raise
     :class:`ConfigError` with the file and key path.
     """
+    if not str(name_or_path).strip():
+        raise ConfigError("--profile is empty; give a profile name (smoke, mini, paper, ...) or a YAML path")
     path = resolve_params_path(name_or_path)
     raw = _read_yaml(path)
     raw.setdefault("profile", path.stem)
@@ -348,6 +375,8 @@ def _coerce(tp: Any, v: Any, src: str, key: str) -> Any:
     if tp is int:
         if isinstance(v, bool) or not isinstance(v, int):
             raise ConfigError(f"{src}: {key}: expected an integer, got {v!r}")
+        if abs(v) > MAX_INT:
+            raise ConfigError(f"{src}: {key}: expected an integer below 2^63, got {v!r}")
         return v
     if tp is float:
         if isinstance(v, str):  # YAML 1.1 reads "5e-4" as a string
@@ -357,7 +386,13 @@ def _coerce(tp: Any, v: Any, src: str, key: str) -> Any:
                 pass
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise ConfigError(f"{src}: {key}: expected a number, got {v!r}")
-        return float(v)
+        try:
+            f = float(v)
+        except OverflowError:                   # an integer beyond a float's range
+            f = math.inf
+        if not math.isfinite(f):                # .nan, .inf: no setting means "not a number" or "forever"
+            raise ConfigError(f"{src}: {key}: expected a finite number, got {v!r}")
+        return f
     if tp is str:
         if not isinstance(v, str):
             raise ConfigError(f"{src}: {key}: expected a string, got {v!r}")

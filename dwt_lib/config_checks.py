@@ -4,14 +4,30 @@ got -1``). Called by :func:`dwt_lib.config.load_params` for every section it bui
 checked while building (``config._coerce``)."""
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 from .config import (ARCHS, Config, ConfigError, DataConfig, DistillConfig, FinetuneConfig, LaunchConfig,
                      ModelConfig, PretrainConfig, StudiesConfig)
 
 
+SEED_LIMIT = 2**32          # NumPy's seeds are 32-bit; torch's wrap larger ones silently
+# A profile name is a folder name under the outputs folder: no separators, no leading dot (".." would leave it).
+PROFILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+ -]*")
+
+
 def _fail(src: str, key: str, what: str, got: Any) -> None:
     raise ConfigError(f"{src}: {key}: expected {what}, got {got!r}")
+
+
+def seed_ok(seed: Any) -> bool:
+    """An integer seed in [0, 2^32)."""
+    return not isinstance(seed, bool) and isinstance(seed, int) and 0 <= seed < SEED_LIMIT
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def check_values(obj: Any, src: str, prefix: str) -> None:
@@ -33,6 +49,11 @@ def check_values(obj: Any, src: str, prefix: str) -> None:
             _fail(src, p + "weight_decay", "a number >= 0", obj.weight_decay)
         if obj.precision not in ("fp32", "bf16"):
             _fail(src, p + "precision", "one of fp32, bf16", obj.precision)
+        if not seed_ok(obj.seed):
+            _fail(src, p + "seed", "an integer seed in [0, 2^32)", obj.seed)
+        for k in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(obj, k) < 1:
+                _fail(src, p + k, "a number in [0, 1)", getattr(obj, k))
         if any(not 0 < f <= 1 for f in obj.snapshot_fractions):
             _fail(src, p + "snapshot_fractions", "fractions in (0, 1]", list(obj.snapshot_fractions))
     elif isinstance(obj, DataConfig):
@@ -46,6 +67,8 @@ def check_values(obj: Any, src: str, prefix: str) -> None:
             _fail(src, p + "max_seq_length", "an integer >= 8", obj.max_seq_length)
         if obj.vocab_size < 100:
             _fail(src, p + "vocab_size", "an integer >= 100", obj.vocab_size)
+        if not seed_ok(obj.seed):
+            _fail(src, p + "seed", "an integer seed in [0, 2^32)", obj.seed)
         if not obj.corpora:
             _fail(src, p + "corpora", "at least one corpus", [])
         for i, c in enumerate(obj.corpora):
@@ -80,6 +103,9 @@ def check_values(obj: Any, src: str, prefix: str) -> None:
             _fail(src, p + "batch_size", "an integer >= 1", obj.batch_size)
         if not obj.seeds:
             _fail(src, p + "seeds", "at least one seed", [])
+        for i, seed in enumerate(obj.seeds):
+            if not seed_ok(seed):
+                _fail(src, f"{p}seeds[{i}]", "an integer seed in [0, 2^32)", seed)
         if any(v <= 0 for v in obj.lr_grid):
             _fail(src, p + "lr_grid", "positive learning rates (or [] for no selection)", list(obj.lr_grid))
         _check_per_task(obj, src, p)
@@ -87,6 +113,8 @@ def check_values(obj: Any, src: str, prefix: str) -> None:
         for name, spec in obj.soft_weight.items():
             _check_schedule(spec, src, f"{p}soft_weight.{name}", positive=False)
     elif isinstance(obj, LaunchConfig):
+        if obj.num_threads is not None and obj.num_threads < 1:
+            _fail(src, p + "num_threads", "an integer >= 1 or null (torch's default)", obj.num_threads)
         if obj.num_processes < 1:
             _fail(src, p + "num_processes", "an integer >= 1", obj.num_processes)
         if obj.device not in ("auto", "cpu", "cuda"):
@@ -98,6 +126,9 @@ def check_values(obj: Any, src: str, prefix: str) -> None:
         if not 0 < obj.assumed_mfu <= 1:
             _fail(src, p + "assumed_mfu", "a fraction in (0, 1]", obj.assumed_mfu)
     elif isinstance(obj, Config):
+        if not PROFILE_NAME.fullmatch(obj.profile or ""):
+            _fail(src, "profile", "a plain name (letters, digits, _ . + - and spaces; the folder "
+                  "<outputs>/<profile>: no / and no leading dot)", obj.profile)
         _check_models(obj, src)
 
 
@@ -122,8 +153,8 @@ def _check_per_task(ft: FinetuneConfig, src: str, p: str) -> None:
             if k == "max_train_examples_per_task":
                 if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                     _fail(src, f"{p}{k}.{task}", "an integer >= 1 or null (the whole training set)", v)
-            elif isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-                _fail(src, f"{p}{k}.{task}", "a positive number", v)
+            elif not _finite(v) or v <= 0:
+                _fail(src, f"{p}{k}.{task}", "a positive number (finite)", v)
     for k in ("max_train_examples", "max_eval_examples"):
         if getattr(ft, k) is not None and getattr(ft, k) < 1:
             _fail(src, p + k, "an integer >= 1 or null (the whole split)", getattr(ft, k))
@@ -135,9 +166,12 @@ def _check_schedule(spec: dict, src: str, key: str, positive: bool) -> None:
         f = make_schedule(spec)
     except ScheduleError as e:
         raise ConfigError(f"{src}: {key}: {e}") from None
+    for k, v in spec.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            _fail(src, f"{key}.{k}", "a finite number", v)
     for s in (0, 1, 50, 99, 100):
         v = f(s, 100)
-        if (positive and v <= 0) or v < 0:
+        if not math.isfinite(v) or (positive and v <= 0) or v < 0:
             _fail(src, key, "a schedule of positive values" if positive else "a schedule of values >= 0", spec)
 
 
@@ -183,5 +217,5 @@ def _check_pretrain_seeds(cfg: Config, src: str) -> None:
         if name not in known:
             _fail(src, key, f"a run name of this profile ({', '.join(known)})", name)
         if (not isinstance(seeds, list) or not seeds
-                or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)):
-            _fail(src, key, "a non-empty list of integer seeds >= 0", seeds)
+                or not all(seed_ok(s) for s in seeds)):
+            _fail(src, key, "a non-empty list of integer seeds in [0, 2^32)", seeds)

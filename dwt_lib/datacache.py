@@ -26,7 +26,8 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from . import paths
+
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 
@@ -38,9 +39,7 @@ class CacheRepairWarning(UserWarning):
 def cache_root() -> Path:
     """Root of processed-data caches: ``$DWT_CACHE_DIR``, else ``<outputs>/.cache`` where ``<outputs>`` is
     ``$DWT_OUTPUTS_DIR`` (default ``<repo>/outputs``): the cache follows the outputs folder."""
-    if os.environ.get("DWT_CACHE_DIR"):
-        return Path(os.environ["DWT_CACHE_DIR"])
-    return Path(os.environ.get("DWT_OUTPUTS_DIR") or REPO_ROOT / "outputs") / ".cache"
+    return paths.cache_root()
 
 
 # ----------------------------------------------------------------------------- checksums

@@ -55,6 +55,20 @@ class PreflightError(DwtError):
     """A check made before any work failed (data not readable, outputs not writable, no room)."""
 
 
+class NonFiniteLossError(DwtError, FloatingPointError):
+    """The training loss became NaN or inf (pre-training or fine-tuning); the message names the run, the step and
+    a fix that is true for that run (nothing of it is recorded as a result)."""
+
+
+def diverged_fix(section: str, lr: float, precision: str, task: str = "") -> str:
+    """The fix a non-finite loss gets: true for pre-training and fine-tuning alike (a lower lr is another run,
+    trained from its start; a rerun with the same settings stops at the same step)."""
+    key = f"{section}.lr_per_task.{task}" if task else f"{section}.lr"
+    fp32 = f" or set {section}.precision=fp32" if precision == "bf16" else ""
+    return (f"lower the learning rate (now {lr:g}; e.g. --set {key}={lr / 10:g}){fp32}: that is another run, "
+            f"trained from its start (the same settings stop at the same step again)")
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C during training; the message says where it stopped and how to resume."""
 
@@ -95,10 +109,6 @@ def _oserror(e) -> Optional[str]:
     return None
 
 
-def _nonfinite(e) -> str:
-    return f"{e}; lower pretrain.lr or use pretrain.precision fp32, then rerun (it resumes from that checkpoint)"
-
-
 def _worker(e) -> str:
     return (f"a training worker failed (exit code {e.returncode}); its error is printed above, "
             f"fix it and rerun (the run resumes)")
@@ -119,11 +129,6 @@ def message(exc: BaseException) -> Optional[str]:
         return exc.line()
     table = [(ConfigError, _config), (DataSourceError, _data), (CorpusError, _data), (PermissionError, _perm),
              (OSError, _oserror), (subprocess.CalledProcessError, _worker)]
-    try:
-        from .pretrain import NonFiniteLossError
-        table.append((NonFiniteLossError, _nonfinite))
-    except ImportError:          # pragma: no cover - torch missing: no training errors either
-        pass
     for tp, fn in table:
         if isinstance(exc, tp):
             return fn(exc)

@@ -12,6 +12,7 @@ Nothing is written to disk here: the run registry caches the returned dict.
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any, Optional
 
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import NonFiniteLossError, diverged_fix
 from .glue import TASKS, collate, compute_metrics, get_task, glue_average, load_glue
 from .models import arch_of, classifier_logits, use_device_attention
 
@@ -201,6 +203,9 @@ def finetune(model_path_or_model, task: str, cfg_finetune, tokenizer, seed: int,
     model.train()
     step, seen, t_train = 0, 0, time.perf_counter()
     report_every = max(1, total_steps // 10)
+    # The first step whose loss was NaN or inf, kept on the device (no host sync per step on a GPU) and read at
+    # every report step and the last: a diverged fine-tuning stops there, and nothing of it is recorded.
+    first_bad = torch.full((), -1, dtype=torch.long, device=dev)
     while step < total_steps:
         for batch in train_loader:
             batch = {k: v.to(dev) for k, v in batch.items()}
@@ -214,8 +219,15 @@ def finetune(model_path_or_model, task: str, cfg_finetune, tokenizer, seed: int,
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step + 1, first_bad)
             step += 1
             seen += len(batch["labels"])
+            if (step % report_every == 0 or step == total_steps) and (bad := int(first_bad)) >= 0:
+                raise NonFiniteLossError(
+                    f"fine-tuning {t.name} seed {seed}: the loss is not finite (NaN or inf) at step {bad} of "
+                    f"{total_steps}; nothing was recorded",
+                    str(model_path_or_model) if isinstance(model_path_or_model, (str, os.PathLike)) else t.name,
+                    diverged_fix("finetune", ts["lr"], ft.precision, t.name if t.name in ft.lr_per_task else ""))
             if progress and (step % report_every == 0 or step == total_steps):
                 # .item() is a device sync point: only on report steps
                 print(f"[finetune {t.name} seed {seed}] step {step}/{total_steps} "

@@ -96,12 +96,31 @@ def lab_command(port: int, root: Path, token: str, host: str = "127.0.0.1", base
             f"--IdentityProvider.token={token}"] + (["--allow-root"] if os.name == "posix" and os.geteuid() == 0 else [])
 
 
+def parse_port(value: str, where: str) -> int:
+    """A TCP port a server can listen on, 1-65535 (0 would let the OS choose one the printed URL cannot name);
+    anything else is one ``dwt:`` line (:class:`ValueError`) naming where it came from."""
+    try:
+        port = int(str(value).strip())
+    except ValueError:
+        port = None
+    if port is None or not 1 <= port <= 65535:
+        raise ValueError(f"dwt: {where} {value!r} is not a port (1-65535); e.g. make lab PORT=8890 or "
+                         f"python -m dwt_lib.lab --port 8890")
+    return port
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dwt_lib.lab", description=__doc__.splitlines()[0])
-    ap.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8888)))
+    ap.add_argument("--port", default=None, help="1-65535 (default: $PORT, else 8888)")
     ap.add_argument("--root", type=Path, default=REPO / "notebooks")
     ap.add_argument("--register-only", action="store_true", help="register the kernel and exit")
     args = ap.parse_args(argv)
+    try:
+        args.port = (parse_port(args.port, "--port") if args.port is not None
+                     else parse_port(os.environ.get("PORT") or "8888", "PORT"))
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 2
     try:
         import ipywidgets  # noqa: F401
         import jupyterlab  # noqa: F401

@@ -11,7 +11,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import matplotlib.ticker
 
-from .runs import read_json
+from .runs import read_json, read_log
 
 COLORS = {"teacher": "#4C72B0", "student": "#C44E52", "dwt": "#55A868", "soft-normal": "#55A868",
           "soft-strong": "#DD8452", "soft-decay": "#8172B3", "remap": "#937860"}
@@ -272,7 +272,6 @@ def registry_runs(runs_dir: Path) -> dict[str, dict]:
     """Finished pre-training runs in ``outputs/<profile>/runs/``, by id: name, kind, held-out MLM loss, training
     log, and the fine-tuning scores of their snapshots (from the finished fine-tuning runs that name them).
     Folders that are unfinished or unreadable are left out; ``dwt runs`` says why."""
-    import json
     pre, ft = {}, []
     for d in sorted(Path(runs_dir).glob("*-*")):
         try:
@@ -286,8 +285,7 @@ def registry_runs(runs_dir: Path) -> dict[str, dict]:
         log = d / "log.jsonl"
         pre[d.name] = {"id": d.name, "name": meta.get("name"), "kind": meta.get("kind"),
                        "mlm_loss": (res.get("final_eval") or {}).get("mlm_loss"),
-                       "log": [json.loads(ln) for ln in log.read_text().splitlines() if ln.strip()]
-                       if log.exists() else [], "scores": []}
+                       "log": read_log(log), "scores": []}
     for s in ft:
         if s["pretrain"] in pre and s["score"] is not None:
             pre[s["pretrain"]]["scores"].append(s)

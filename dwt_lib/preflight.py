@@ -20,6 +20,7 @@ from .config import Config
 from .data import vocab_size
 from .errors import PreflightError, UnknownNameError
 from .models import build_model, count_parameters, model_kwargs
+from .paths import cache_root, data_root, env_dir
 from .runs import outputs_dir
 
 FP32 = 4
@@ -60,15 +61,29 @@ def _glue_readable(cfg: Config, tasks: Sequence[str]) -> None:
             check_split(task, split, cfg.finetune.source)
 
 
-def _writable(folder: Path) -> None:
+def _writable(folder: Path, what: str = "the outputs folder", var: str = "DWT_OUTPUTS_DIR") -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write-check.")
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:
-        raise PreflightError(f"the outputs folder is not writable ({type(e).__name__}: {e.strerror})", folder,
-                             "make it writable, or set DWT_OUTPUTS_DIR to a folder you can write") from None
+        raise PreflightError(f"{what} is not writable ({type(e).__name__}: {e.strerror})", folder,
+                             f"make it writable, or set {var} to a folder you can write") from None
+
+
+def _folders(cfg: Config) -> None:
+    """The folders the runs will use, as they will use them: the outputs folder and the data cache written,
+    the data folder (when one is set or present) read."""
+    _writable(outputs_dir(cfg))
+    _writable(cache_root(), "the data cache folder", "DWT_CACHE_DIR")
+    data, chosen = data_root(), env_dir("DWT_DATA_DIR")
+    if chosen is not None and not chosen.is_dir():
+        raise PreflightError("DWT_DATA_DIR is not a folder", chosen,
+                             "point it at the mirror's folder, or unset it (default: data/ in the repository)")
+    if data.is_dir() and not os.access(data, os.R_OK | os.X_OK):
+        raise PreflightError("the data folder is not readable", data,
+                             "make it readable (chmod), or set DWT_DATA_DIR to a readable mirror")
 
 
 def _disk_room(cfg: Config, names: Sequence[str], folder: Path) -> None:
@@ -100,9 +115,8 @@ def check(cfg: Config, names: Sequence[str], tasks: Sequence[str] = (), fraction
         named_run(cfg, name)                    # an unknown run name lists the known ones
     _fractions_known(cfg, fractions)
     _glue_readable(cfg, tasks)
-    folder = outputs_dir(cfg)
-    _writable(folder)
-    _disk_room(cfg, names, folder)
+    _folders(cfg)
+    _disk_room(cfg, names, outputs_dir(cfg))
 
 
 def check_all(cfg: Config) -> None:

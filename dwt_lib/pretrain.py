@@ -30,13 +30,13 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import checkpoints
+from . import checkpoints, integrity
 from .beyond import soft_weight
 from .checkpoints import rng_state as _rng_state
 from .checkpoints import set_rng_state as _set_rng_state
 from .checkpoints import truncate_log as _truncate_log
-from .config import Config
-from .errors import DiskFullError, disk_full
+from .config import Config, ConfigError
+from .errors import DiskFullError, NonFiniteLossError, disk_full, diverged_fix
 from .growth import gate_value, ramp_steps
 from .losses import hard_loss, soft_loss
 from .models import SparseMLM, build_model, count_parameters, model_kwargs, special_ids, use_device_attention
@@ -47,10 +47,6 @@ from .steps import (Prefetcher, batch_indices, global_batch, lr_lambda, make_opt
 
 MASK_SEED = 1_000_003      # step s masks with generator seed (pretrain.seed * MASK_SEED + s)
 EVAL_MASK_SEED = 7_777     # held-out eval always masks the same way
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or inf; the message names the step."""
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -73,7 +69,8 @@ def load_teacher(path: Path, vocab_size: int, student_params: int, device) -> to
 
 
 def save_model(model, tokenizer, path: Path) -> None:
-    """``save_pretrained`` into a temp folder, then rename: a kill never leaves half a model."""
+    """``save_pretrained`` into a temp folder with a sha256 record of its files (:mod:`dwt_lib.integrity`), then
+    rename: a kill never leaves half a model."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -81,6 +78,7 @@ def save_model(model, tokenizer, path: Path) -> None:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        integrity.record(tmp)              # sha256 of every file, checked before a dependent run reads it
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if disk_full(e):
@@ -92,7 +90,7 @@ def save_model(model, tokenizer, path: Path) -> None:
 
 
 def _snapshot(out: Path, fraction: float) -> Path:
-    return out / "snapshots" / f"frac-{fraction:.2f}" / "config.json"
+    return out / "snapshots" / f"frac-{fraction:.2f}"
 
 
 
@@ -157,7 +155,9 @@ def evaluate_mlm(model: torch.nn.Module, blocks: torch.Tensor, tokenizer, cfg: C
     loss_sum, correct, count = (accelerator.reduce(t, "sum") for t in (loss_sum, correct, count))
     model.train()
     c = max(count.item(), 1.0)
-    return {"mlm_loss": loss_sum.item() / c, "mlm_accuracy": correct.item() / c, "eval_tokens": int(count.item())}
+    # which held-out set: the first eval_blocks blocks (pretrain.eval_batches x batch x processes), masked the same
+    return {"mlm_loss": loss_sum.item() / c, "mlm_accuracy": correct.item() / c, "eval_tokens": int(count.item()),
+            "eval_blocks": n, "eval_batches": cfg.pretrain.eval_batches}
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -237,6 +237,11 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
         raise RuntimeError(f"run {run.name}: launch.num_processes is {key['world_size']} but {world} "
                            f"process(es) are running: check launch.accelerate_config")
     gbs = global_batch(cfg, world)
+    if n_blocks < gbs:           # before any step (the prefetch thread would raise it as a traceback)
+        raise ConfigError(f"pretrain.batch_size_per_device: a global batch of {gbs} sequences ({pc.batch_size_per_device}"
+                          f" per device x {world} process(es) x {pc.grad_accum_steps} accumulation steps) is more "
+                          f"than the {n_blocks} training blocks of this data; lower pretrain.batch_size_per_device "
+                          f"(or grad_accum_steps), or use more data")
     total = total_steps(cfg, n_blocks, world)
     warmup = max(1, round(pc.warmup_fraction * total))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, total))
@@ -255,9 +260,9 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
     window: list[torch.Tensor] = []            # per-step [total, hard, soft] since the last log line
     tokens_since = 0
     st = checkpoints.load(ckpt_dir, log=say, is_main=main)   # the newest intact one, or None
-    lost = [f for s, f in snaps.items() if st and s <= st["step"] and not _snapshot(out, f).exists()]
+    lost = [f for s, f in snaps.items() if st and s <= st["step"] and integrity.problem(_snapshot(out, f))]
     if lost:         # resuming would skip the step that saves them: only a run from the start brings them back
-        say(f"[dwt] {run.name}: snapshot(s) {', '.join(f'frac-{f:.2f}' for f in lost)} missing and the "
+        say(f"[dwt] {run.name}: snapshot(s) {', '.join(f'frac-{f:.2f}' for f in lost)} missing or damaged and the "
             f"checkpoint is past them (step {st['step']}); training again from step 0")
         st = None
     if st is not None:                           # resume: weights, optimizer, schedule, RNG, position
@@ -331,10 +336,11 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
         window.append(acc.reduce(parts.to(acc.device), "sum").cpu() if world > 1 else parts)
         tokens_since += int(pad_all.sum())
         if not torch.isfinite(window[-1]).all():
-            raise NonFiniteLossError(f"run {run.name}: non-finite loss at step {step + 1} "
-                                     f"(total/hard/soft = {window[-1].tolist()}); the last good checkpoint is "
-                                     + (f"step {n} ({ckpt_dir / 'last.pt'})" if (n := checkpoints.step_of(ckpt_dir))
-                                        else "none yet"))
+            raise NonFiniteLossError(
+                f"run {run.name}: the loss is not finite (NaN or inf) at step {step + 1} (total/hard/soft = "
+                f"{window[-1].tolist()}); nothing was recorded, the last good checkpoint is "
+                + (f"step {n}" if (n := checkpoints.step_of(ckpt_dir)) else "none yet"), run.dir,
+                diverged_fix("pretrain", pc.lr, pc.precision))
         if pc.max_grad_norm:
             acc.clip_grad_norm_(model.parameters(), pc.max_grad_norm)
         opt.step()
@@ -360,7 +366,8 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
                    **({"gate": gates.m} if gates else {})}
             if step % pc.eval_every == 0 or step == total:
                 ev = evaluate_mlm(model, data.validation, tok, cfg, acc, autocast)
-                rec.update(eval_mlm_loss=ev["mlm_loss"], eval_mlm_accuracy=ev["mlm_accuracy"])
+                rec.update(eval_mlm_loss=ev["mlm_loss"], eval_mlm_accuracy=ev["mlm_accuracy"],
+                           eval_blocks=ev["eval_blocks"])
             if main:
                 with open(log_path, "a") as f:
                     f.write(json.dumps(rec) + "\n")

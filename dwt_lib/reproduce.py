@@ -8,12 +8,18 @@ reproduction with a non-zero exit that names the notebook and the cell. Notebook
 """
 from __future__ import annotations
 
+import contextlib
+import logging
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Optional
 
-from .config import load_params
+from .config import PARAMS_DIR, load_params, resolve_params_path
+from .errors import Interrupted, UnknownNameError
+from .paths import pin_environment
 from .runs import REPO, outputs_dir
 
 NOTEBOOKS = REPO / "notebooks"
@@ -27,12 +33,74 @@ def notebooks(only: Optional[list[str]] = None) -> list[Path]:
     return nbs
 
 
+def notebook_profile(profile: str) -> str:
+    """What the notebooks' ``profile`` parameter gets: a profile's name as is, a path as an absolute path (the
+    kernel runs in ``notebooks/``, where a relative ``params/mine.yaml`` names nothing)."""
+    path = resolve_params_path(profile)
+    if str(profile) == path.stem and path.resolve().parent == PARAMS_DIR.resolve():
+        return str(profile)
+    return str(path.resolve())
+
+
+def kernel_manager(log: Path) -> type:
+    """An ``AsyncKernelManager`` whose kernel writes its own stderr to ``log`` (appended), not to the terminal: on
+    Ctrl-C the kernel, losing its sockets while it shuts down, printed a ``ZMQError`` traceback above the one
+    ``dwt:`` line; its start-up warnings went there too. Cell outputs and errors are in the executed notebook."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class LoggedKernelManager(AsyncKernelManager):
+        async def _async_start_kernel(self, **kw):
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "ab") as f:               # the kernel keeps its own descriptor of the file
+                kw.setdefault("stderr", f)
+                return await super()._async_start_kernel(**kw)
+
+        start_kernel = _async_start_kernel
+
+    return LoggedKernelManager
+
+
+@contextlib.contextmanager
+def quiet_after_interrupt():
+    """After a Ctrl-C, nothing more from papermill's and asyncio's loggers: while it unwinds, the kernel it stops
+    is reported as "Kernel died" and its pending cell as "Task exception was never retrieved" (a traceback), above
+    the one ``dwt:`` line that says what happened. Before a Ctrl-C (a kernel that really dies) they speak as usual."""
+    hit = threading.Event()
+    keep = lambda record: not hit.is_set()           # noqa: E731
+    loggers = [logging.getLogger(n) for n in ("papermill", "asyncio", "traitlets")]
+    main = threading.current_thread() is threading.main_thread()
+    prev = signal.getsignal(signal.SIGINT) if main else None
+
+    def on_sigint(signum, frame):
+        hit.set()
+        raise KeyboardInterrupt
+
+    for lg in loggers:
+        lg.addFilter(keep)
+    if main and prev is signal.default_int_handler:   # not where SIGINT is ignored (nohup, a background job)
+        signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield hit
+    except KeyboardInterrupt:
+        hit.set()
+        raise
+    finally:
+        if main and prev is signal.default_int_handler:
+            signal.signal(signal.SIGINT, prev)
+        # the asyncio task is collected (and would be reported) later: the filters stay once a Ctrl-C came
+        if not hit.is_set():
+            for lg in loggers:
+                lg.removeFilter(keep)
+
+
 def reproduce(profile: str, only: Optional[list[str]] = None, overrides: Optional[dict] = None) -> int:
     """Run the notebooks for ``profile`` (a name or a YAML path); return a process exit code."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
     from .preflight import check_all
+    pin_environment()                              # relative DWT_*_DIR: resolved here, not in notebooks/
+    profile = notebook_profile(profile)
     cfg = load_params(profile, overrides)          # fail on a bad profile before starting a kernel
     from .studies import check_device
     check_device(cfg)                              # and on a GPU profile without a GPU
@@ -41,21 +109,27 @@ def reproduce(profile: str, only: Optional[list[str]] = None, overrides: Optiona
     out.mkdir(parents=True, exist_ok=True)
     nbs = notebooks(only)
     if not nbs:
-        from .errors import UnknownNameError
         raise UnknownNameError(f"no notebook matches {','.join(only or [])}", "--notebooks",
                                f"use prefixes of {', '.join(p.name for p in notebooks())}, e.g. 01,03")
     t_all = time.time()
     for i, nb in enumerate(nbs, 1):
         print(f"[{i}/{len(nbs)}] {nb.name} (profile {cfg.profile})", flush=True)
         t0 = time.time()
+        log = outputs_dir(cfg) / "runs" / ".kernels" / f"{nb.stem}.log"      # ignored by git, like the runs
         try:
-            pm.execute_notebook(str(nb), str(out / nb.name), kernel_name="python3", progress_bar=True,
-                                parameters={"profile": str(profile), "overrides": dict(overrides or {}),
-                                            "interactive": False},   # static figures, no widgets
-                                cwd=str(NOTEBOOKS))
+            with quiet_after_interrupt():
+                pm.execute_notebook(str(nb), str(out / nb.name), kernel_name="python3", progress_bar=True,
+                                    parameters={"profile": str(profile), "overrides": dict(overrides or {}),
+                                                "interactive": False},   # static figures, no widgets
+                                    cwd=str(NOTEBOOKS), kernel_manager_class=kernel_manager(log))
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted in {nb.name} (notebook {i} of {len(nbs)}); rerun the same command to "
+                              f"continue (finished runs are kept, unfinished ones resume from their last "
+                              f"checkpoint; the kernel's messages are in {log})") from None
         except PapermillExecutionError as e:
             print(f"dwt reproduce: {nb.name} failed at cell {e.exec_count} ({e.ename}: {e.evalue}); "
-                  f"the executed copy with the traceback is {out / nb.name}", file=sys.stderr)
+                  f"the executed copy with the traceback is {out / nb.name} (the kernel's own messages: {log})",
+                  file=sys.stderr)
             return 1
         print(f"    done in {time.time() - t0:.0f} s -> {out / nb.name}", flush=True)
     print(f"reproduced {len(nbs)} notebooks for profile {cfg.profile} in {time.time() - t_all:.0f} s; "

@@ -7,7 +7,6 @@ so a rerun that contradicts the paper says so.
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from .config import Config
 from .glue import glue_average
 from .premise import premise_check  # noqa: F401  (re-exported: the summary's first sentence)
 from .runs import outputs_dir, read_json, write_result
+from .runs import read_log as read_log_file
 from .studies import (ensure_pretrained, named_run, pretrain_seed, seed_runs, selected_lrs, split_seed, study_runs,
                       study_scores, with_lrs)
 
@@ -92,8 +92,7 @@ def eval_curve(cfg: Config, name: str) -> list[dict]:
 
 def read_log(cfg: Config, name: str) -> list[dict]:
     """The JSON-lines training log of a pre-training run."""
-    p = named_run(cfg, name).dir / "log.jsonl"
-    return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()] if p.exists() else []
+    return read_log_file(named_run(cfg, name).dir / "log.jsonl")
 
 
 # ----------------------------------------------------------------------------- Fig. 2

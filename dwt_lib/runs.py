@@ -8,28 +8,33 @@ lock keeps two processes from training the same run. Every JSON file is written 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from .config import Config, stable_hash
+from . import integrity
 from .errors import DamagedFileError, Interrupted
+from .machine import machine
+from .paths import outputs_root
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def outputs_dir(cfg: Config) -> Path:
-    """``$DWT_OUTPUTS_DIR/<profile>`` (default ``<repo>/outputs/<profile>``)."""
-    root = Path(os.environ.get("DWT_OUTPUTS_DIR", REPO / "outputs"))
-    return root / cfg.profile
+    """``$DWT_OUTPUTS_DIR/<profile>`` (default ``<repo>/outputs/<profile>``), absolute (:mod:`dwt_lib.paths`)."""
+    return outputs_root() / cfg.profile
 
 
 # ----------------------------------------------------------------------------- atomic I/O
@@ -94,6 +99,28 @@ def read_json_or_none(path: Path, log: Callable[[str], None] = print) -> Any:
         return None
 
 
+def read_log(path: Path) -> list[dict]:
+    """The records of a run's ``log.jsonl`` (none when it is missing). A line that is not a JSON object (a log cut
+    short or edited) raises :class:`DamagedFileError` naming the file and the line, not a bare JSONDecodeError."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    for i, ln in enumerate(path.read_text().splitlines(), 1):
+        if not ln.strip():
+            continue
+        try:
+            rec = json.loads(ln)
+        except json.JSONDecodeError as e:
+            rec = e
+        if not isinstance(rec, dict):
+            raise DamagedFileError(f"training log line {i} is not a JSON object (cut short?)", path,
+                                   f"restore the file, or delete the run's folder {path.parent} and rerun to train it "
+                                   f"again (to the same weights)")
+        out.append(rec)
+    return out
+
+
 def move_aside(path: Path) -> Path:
     """Rename a damaged file to ``<name>.damaged`` (kept for a look, out of the way of a rerun)."""
     path = Path(path)
@@ -138,11 +165,11 @@ def versions() -> dict:
 def provenance(cfg: Config, wall_time_s: Optional[float] = None) -> dict:
     """What every result file records: resolved config, its hash, where each data source was read from
     (sample / mirror, stand-in or not / hub: :func:`dwt_lib.sources.describe_sources`), git commit,
-    versions, wall time."""
+    versions, the machine (:func:`machine`), wall time."""
     from .sources import describe_sources
     return {"profile": cfg.profile, "config": cfg.to_dict(), "config_hash": cfg.short_hash(),
             "data_sources": describe_sources(cfg),
-            "git_commit": git_commit(), "versions": versions(), "wall_time_s": wall_time_s,
+            "git_commit": git_commit(), "versions": versions(), "machine": machine(), "wall_time_s": wall_time_s,
             "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
@@ -189,6 +216,32 @@ class Run:
     def lock(self) -> FileLock:
         self.dir.parent.mkdir(parents=True, exist_ok=True)
         return FileLock(str(self.dir) + ".lock")
+
+    @contextlib.contextmanager
+    def holding(self, say: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)):
+        """Hold the run's lock; a process that has to wait says for what, held by whom and since when (read from
+        ``<id>.lock.json``, which the holder writes), instead of hanging silently."""
+        lock, holder = self.lock(), Path(str(self.dir) + ".lock.json")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            h = read_json_or_none(holder, log=lambda s: None)
+            h = h if isinstance(h, dict) else {}
+            who = f"process {h.get('pid', '?')} on {h.get('host', '?')}" if h else "another process"
+            since = f" since {h['since']}" if h.get("since") else ""
+            say(f"[dwt] waiting for run {self.name} ({self.id}): {who} has been working on it{since} "
+                f"(lock {lock.lock_file}); this process continues when that one finishes "
+                f"(waiting since {time.strftime('%Y-%m-%d %H:%M:%S')})")
+            lock.acquire()
+        try:
+            with contextlib.suppress(OSError):
+                atomic_write_json(holder, {"pid": os.getpid(), "host": socket.gethostname(),
+                                           "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": sys.argv[:6]})
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                holder.unlink()
+            lock.release()
 
 
 def check_result(path: Path) -> tuple[Optional[dict], Optional[str]]:
@@ -245,7 +298,7 @@ def ensure(run: Run, cfg: Config, train: Callable[[Run], dict], log: Callable[[s
     res, _ = usable()
     if res is not None:
         return res
-    with run.lock():
+    with run.holding():
         res, why = usable()
         if res is not None:         # another process finished it while we waited
             return res
@@ -279,8 +332,10 @@ def _status(d: Path, meta: dict) -> dict:
         res, why = check_result(d / "result.json")
         if why:
             return {"status": f"damaged: result.json {why}"}
-        if meta.get("kind") != "finetune" and not (d / "model" / "config.json").exists():
-            return {"status": "damaged: model/ missing", "wall_time_s": res["provenance"].get("wall_time_s")}
+        folders = ["model"] + sorted(v for v in (res.get("snapshots") or {}).values() if isinstance(v, str))
+        why = integrity.folders_problem(d, folders) if meta.get("kind") != "finetune" else None
+        if why:                                  # deleted, or its bytes differ from the sha256 recorded at save
+            return {"status": f"damaged: {why}", "wall_time_s": res["provenance"].get("wall_time_s")}
         return {"status": "finished", "progress": 1.0, "wall_time_s": res["provenance"].get("wall_time_s")}
     if (d / "progress.json").exists():
         try:

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from . import paths
 from .config import BYTE_TOKENIZER, TRAINED_TOKENIZER
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
 SAMPLE_PREFIX = "sample:"
 
@@ -38,7 +38,7 @@ class DataSourceError(RuntimeError):
 
 def data_dir() -> Path:
     """The offline mirror root: ``$DWT_DATA_DIR``, default ``<repo>/data``."""
-    return Path(os.environ.get("DWT_DATA_DIR") or REPO_ROOT / "data")
+    return paths.data_root()
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,15 @@ A run's identity is the hash of what determines it, not its name: ``soft-normal`
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from typing import Optional
 
-from . import beyond, runs
+from . import beyond, integrity, runs
 from .config import Config, jsonable
+from .config_checks import SEED_LIMIT
+from .errors import UnknownNameError
 from .runs import Run, atomic_write_json, outputs_dir
 
 
@@ -88,9 +91,16 @@ SEED_MARK = ":s"
 
 
 def split_seed(name: str) -> tuple[str, Optional[int]]:
-    """``"student:s43"`` -> ``("student", 43)``; a name without a seed -> ``(name, None)``."""
+    """``"student:s43"`` -> ``("student", 43)``; a name without a seed -> ``(name, None)``. Only ASCII digits
+    make a seed (``str.isdigit`` also accepts ``²``, which ``int`` refuses); a seed outside [0, 2^32) is an
+    :class:`~dwt_lib.errors.UnknownNameError` naming the range."""
     base, mark, seed = name.rpartition(SEED_MARK)
-    return (base, int(seed)) if mark and base and seed.isdigit() else (name, None)
+    if not (mark and base and re.fullmatch(r"[0-9]+", seed)):
+        return name, None
+    if int(seed) >= SEED_LIMIT:
+        raise UnknownNameError(f"pre-training seed {seed} in run name {name!r} is out of range", "--run",
+                               f"use a seed in [0, 2^32), e.g. {base}{SEED_MARK}43")
+    return base, int(seed)
 
 
 def pretrain_seed(cfg: Config, name: str) -> int:
@@ -222,16 +232,30 @@ def ensure_pretrained(cfg: Config, name: str, progress: bool = True) -> dict:
             return train(rcfg, r, progress=progress)
         return _launch_workers(rcfg, r)
 
-    return runs.ensure(run, rcfg, work, check=pretrained_problem)   # provenance: the seed it trained with
+    def check(r: Run, res: dict) -> Optional[str]:
+        return pretrained_problem(r, res) or eval_set_problem(rcfg, res)
+
+    return runs.ensure(run, rcfg, work, check=check)   # provenance: the seed it trained with
+
+
+def eval_set_problem(cfg: Config, res: dict) -> Optional[str]:
+    """A finished run whose final held-out loss was measured on another held-out set than ``pretrain.eval_batches``
+    now asks for (a bookkeeping setting, not part of its identity): it is evaluated again from its final
+    checkpoint (nothing retrained), so every table compares losses on one set. Results from before this record
+    (no ``eval_batches`` in ``final_eval``) are kept."""
+    was = (res.get("final_eval") or {}).get("eval_batches")
+    if was is not None and was != cfg.pretrain.eval_batches:
+        return (f"its held-out loss was measured on {was} batches and pretrain.eval_batches is now "
+                f"{cfg.pretrain.eval_batches}")
+    return None
 
 
 def pretrained_problem(run: Run, res: dict) -> Optional[str]:
-    """What a finished pre-training run lacks (its model, a snapshot, its metrics), or None."""
+    """What a finished pre-training run lacks (its model, a snapshot, its metrics) or has damaged (a weight file
+    whose sha256 differs from the one recorded at save: :mod:`dwt_lib.integrity`), or None."""
     if "final_eval" not in res:
         return "its result has no final_eval"
-    need = ["model"] + sorted(res.get("snapshots", {}).values())
-    missing = [p for p in need if not (run.dir / p / "config.json").exists()]
-    return f"{', '.join(p + '/' for p in missing)} missing" if missing else None
+    return integrity.folders_problem(run.dir, ["model"] + sorted(res.get("snapshots", {}).values()))
 
 
 def _launch_workers(cfg: Config, run: Run) -> dict:
