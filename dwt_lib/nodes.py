@@ -64,7 +64,7 @@ def node_rank(cfg: Config, flag: Optional[int] = None) -> int:
         except ValueError:
             rank = -1
         if not 0 <= rank < la.num_machines:
-            raise NodeError(f"node rank {v!r} is not one of 0..{la.num_machines - 1}", where,
+            raise NodeError(f"node rank {v} is not one of 0..{la.num_machines - 1}", where,
                             f"give each of the launch.num_machines = {la.num_machines} nodes its own rank, 0 on the "
                             f"node that drives")
         return rank
