@@ -293,7 +293,7 @@ def launch(cfg: Config, run_dir: Path, name: str) -> None:
         while not found and time.monotonic() < deadline:
             found = problems()
             time.sleep(POLL_S)
-        found = [f"node 0's workers exited with code {code}"] + found
+        found = found + [f"node 0's workers exited with code {code}"]
     error = None
     if found:
         error = (f"run {name} stopped: {'; '.join(found)} (a worker's own error, if any, is printed above on its "
