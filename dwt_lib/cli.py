@@ -8,6 +8,9 @@
     dwt reproduce --profile P [--notebooks 01,02]
     dwt verify    --profile P [--runs NAME ...] [--cheapest N]
 
+With ``launch.num_machines > 1`` the same ``pretrain | finetune | study | reproduce`` runs on every node, with
+``--node-rank K`` (or ``$SLURM_NODEID``): node 0 drives, the others join its runs (:mod:`dwt_lib.nodes`).
+
 ``--set`` applies dotted overrides to the profile (``--set pretrain.max_steps=10``), values
 parsed as YAML. Every expected error (params, data, names, disk, damaged files, Ctrl-C) prints
 one line ``dwt: <what> (<where>); <fix>`` and exits with 2 (:mod:`dwt_lib.errors`); ``--debug``
@@ -45,15 +48,34 @@ def _cfg(args):
     return load_params(args.profile, _overrides(args.set))
 
 
+def _on_every_node(cfg, args, body) -> int:
+    """``body()`` as on one machine; with ``launch.num_machines > 1`` only node 0 runs it, inside a session that the
+    other nodes join (they run each pre-training run's workers node 0 opens, then leave): :mod:`dwt_lib.nodes`."""
+    if cfg.launch.num_machines == 1:
+        return body()
+    from . import nodes
+    rank = nodes.node_rank(cfg, args.node_rank)
+    if rank:
+        return nodes.follow(cfg, rank)
+    with nodes.Driver(cfg) as driver:
+        code = body()
+        if code:
+            driver.failed(f"node 0's command exited with code {code}; its output says why")
+        return code
+
+
 def cmd_pretrain(args) -> int:
     from .preflight import check
     from .studies import ensure_pretrained
     cfg = _cfg(args)
-    check(cfg, [args.run])
-    res = ensure_pretrained(cfg, args.run)
-    print(f"{args.run}: held-out MLM loss {res['final_eval']['mlm_loss']:.4f}, "
-          f"accuracy {res['final_eval']['mlm_accuracy']:.4f} ({res['run']['id']})")
-    return 0
+
+    def body() -> int:
+        check(cfg, [args.run])
+        res = ensure_pretrained(cfg, args.run)
+        print(f"{args.run}: held-out MLM loss {res['final_eval']['mlm_loss']:.4f}, "
+              f"accuracy {res['final_eval']['mlm_accuracy']:.4f} ({res['run']['id']})")
+        return 0
+    return _on_every_node(cfg, args, body)
 
 
 def cmd_finetune(args) -> int:
@@ -64,17 +86,24 @@ def cmd_finetune(args) -> int:
     cfg = _cfg(args)
     seeds = [args.seed] if args.seed is not None else list(cfg.finetune.seeds)
     tasks = [args.task] if args.task else list(cfg.finetune.tasks)
-    check(cfg, [args.run], tasks, [args.fraction])       # an unknown or unreadable task fails before pre-training
-    for task in tasks:
-        for seed in seeds:
-            r = ensure_finetuned(cfg, args.run, task, seed, args.fraction)
-            print(f"{args.run} @ {args.fraction:.2f} {task} seed {seed}: {r['score']:.2f}")
-    return 0
+
+    def body() -> int:
+        check(cfg, [args.run], tasks, [args.fraction])       # an unknown or unreadable task fails before pre-training
+        for task in tasks:
+            for seed in seeds:
+                r = ensure_finetuned(cfg, args.run, task, seed, args.fraction)
+                print(f"{args.run} @ {args.fraction:.2f} {task} seed {seed}: {r['score']:.2f}")
+        return 0
+    return _on_every_node(cfg, args, body)
 
 
 def cmd_study(args) -> int:
-    from . import plots, results
     cfg = _cfg(args)
+    return _on_every_node(cfg, args, lambda: _study(cfg, args))
+
+
+def _study(cfg, args) -> int:
+    from . import plots, results
     if args.name == "teacher_quality":
         res = results.teacher_quality(cfg)
         plots.teacher_quality(results.result_path(cfg, args.name))
@@ -126,7 +155,9 @@ def cmd_plan(args) -> int:
 def cmd_reproduce(args) -> int:
     from .reproduce import reproduce
     only = args.notebooks.split(",") if args.notebooks else None
-    return reproduce(args.profile, only=only, overrides=_overrides(args.set))
+    overrides = _overrides(args.set)
+    cfg = load_params(args.profile, overrides)
+    return _on_every_node(cfg, args, lambda: reproduce(args.profile, only=only, overrides=overrides))
 
 
 def cmd_verify(args) -> int:
@@ -167,20 +198,26 @@ def main(argv=None) -> int:
         p.set_defaults(fn=fn)
         return p
 
-    p = add("pretrain", cmd_pretrain, "pre-train one run (and its teacher), or resume it")
+    def several(p):
+        p.add_argument("--node-rank", type=int, default=None, metavar="K",
+                       help="this node's rank with launch.num_machines > 1 (0 drives; default $SLURM_NODEID, "
+                            "launch.node_rank_env)")
+        return p
+
+    p = several(add("pretrain", cmd_pretrain, "pre-train one run (and its teacher), or resume it"))
     p.add_argument("--run", required=True, help="teacher-<role> | student | dwt-<role> | soft-<variant> | remap-<role>")
-    p = add("finetune", cmd_finetune, "fine-tune a pre-trained run on GLUE tasks")
+    p = several(add("finetune", cmd_finetune, "fine-tune a pre-trained run on GLUE tasks"))
     p.add_argument("--run", required=True)
     p.add_argument("--task", default=None, help="one task (default: the profile's tasks)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--fraction", type=float, default=1.0, help="snapshot fraction of pre-training")
-    p = add("study", cmd_study, "run one study without notebooks: result file, figure, summary")
+    p = several(add("study", cmd_study, "run one study without notebooks: result file, figure, summary"))
     p.add_argument("name", choices=["teacher_quality", "soft_weight", "param_remap", "beyond"])
     p = add("runs", cmd_runs, "list runs with status, progress and wall time")
     p.add_argument("--plot", nargs="+", metavar="RUN", help="overlay these finished runs' loss curves and fine-tuning "
                    "scores (run names like dwt-weak, or ids) in figures/compare_runs.png")
     add("plan", cmd_plan, "print every run the studies need and its cost, without running")
-    p = add("reproduce", cmd_reproduce, "execute every notebook with papermill for a profile")
+    p = several(add("reproduce", cmd_reproduce, "execute every notebook with papermill for a profile"))
     p.add_argument("--notebooks", default=None, help="comma-separated prefixes, e.g. 01,03")
     p = add("verify", cmd_verify, "retrain finished runs from scratch in a temporary folder and compare")
     p.add_argument("--runs", nargs="+", metavar="RUN", help="these runs (default: the cheapest recorded ones)")

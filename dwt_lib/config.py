@@ -148,7 +148,7 @@ class StudiesConfig:
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    num_processes: int = 1
+    num_processes: int = 1                   # processes (devices) in all, over every machine: the run's world size
     accelerate_config: Optional[str] = None  # path under params/accelerate/
     device: str = "auto"                     # "auto" | "cpu" | "cuda"
     num_threads: Optional[int] = None        # torch intra-op threads (None = default)
@@ -156,6 +156,13 @@ class LaunchConfig:
     finetune_workers: int = 1                # fine-tuning runs at once (processes sharing the device)
     peak_tflops: float = 312.0               # `dwt plan`: one device's dense bf16 peak (A100 312, H100/H200 989)
     assumed_mfu: float = 0.40                # `dwt plan`: model-FLOP utilisation assumed for pre-training
+    # Several machines (dwt_lib/nodes.py): the same command on every node, node 0 drives. How the processes are
+    # spread over machines is not part of a run's identity (its world size, num_processes, is).
+    num_machines: int = 1                    # nodes; each runs num_processes / num_machines processes
+    rdzv_endpoint: Optional[str] = None      # "host:port" where the nodes meet (node 0's address), for num_machines > 1
+    rdzv_backend: str = "static"             # "static": node k is machine rank k | "c10d": torchrun assigns ranks
+    node_rank_env: str = "SLURM_NODEID"      # environment variable holding this node's rank when --node-rank is not given
+    node_timeout_s: float = 300.0            # how long a node waits for another (start, shared folder, heartbeat)
 
 
 @dataclass(frozen=True)

@@ -125,11 +125,35 @@ def check_values(obj: Any, src: str, prefix: str) -> None:
             _fail(src, p + "peak_tflops", "a positive number", obj.peak_tflops)
         if not 0 < obj.assumed_mfu <= 1:
             _fail(src, p + "assumed_mfu", "a fraction in (0, 1]", obj.assumed_mfu)
+        _check_machines(obj, src, p)
     elif isinstance(obj, Config):
         if not PROFILE_NAME.fullmatch(obj.profile or ""):
             _fail(src, "profile", "a plain name (letters, digits, _ . + - and spaces; the folder "
                   "<outputs>/<profile>: no / and no leading dot)", obj.profile)
         _check_models(obj, src)
+
+
+def _check_machines(la: LaunchConfig, src: str, p: str) -> None:
+    """The several-machines keys: a machine count that divides the processes, a rendezvous "host:port" when there
+    is more than one machine, a known backend, a positive timeout."""
+    if la.num_machines < 1:
+        _fail(src, p + "num_machines", "an integer >= 1", la.num_machines)
+    if la.num_processes % la.num_machines:
+        _fail(src, p + "num_processes", f"a multiple of launch.num_machines ({la.num_machines}): the processes of "
+              f"all machines together", la.num_processes)
+    if la.rdzv_backend not in ("static", "c10d"):
+        _fail(src, p + "rdzv_backend", "one of static, c10d", la.rdzv_backend)
+    if la.rdzv_endpoint is not None:
+        host, _, port = la.rdzv_endpoint.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            _fail(src, p + "rdzv_endpoint", "host:port, e.g. node001:29500", la.rdzv_endpoint)
+    elif la.num_machines > 1:
+        _fail(src, p + "rdzv_endpoint", f"host:port of node 0 for launch.num_machines {la.num_machines} "
+              f"(e.g. --set launch.rdzv_endpoint=node001:29500)", None)
+    if not la.node_rank_env.strip():
+        _fail(src, p + "node_rank_env", "the name of an environment variable (e.g. SLURM_NODEID)", la.node_rank_env)
+    if la.node_timeout_s <= 0:
+        _fail(src, p + "node_timeout_s", "a positive number of seconds", la.node_timeout_s)
 
 
 def _check_per_task(ft: FinetuneConfig, src: str, p: str) -> None:

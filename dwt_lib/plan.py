@@ -69,6 +69,7 @@ def make_plan(cfg: Config) -> dict:
                      "disk_bytes": run_disk_bytes(cfg, run.key["shape"])})
     ft_runs = len(cfg.finetune.tasks) * len(cfg.finetune.seeds)
     plan = {"profile": cfg.profile, "blocks": n_blocks, "blocks_source": source, "world_size": world,
+            "machines": cfg.launch.num_machines,
             "global_batch": global_batch(cfg, world), "rows": rows,
             "total_pflop": sum(r.get("pflop", 0) for r in rows),
             "total_a100_hours": sum(r.get("a100_hours", 0) for r in rows),
@@ -77,6 +78,12 @@ def make_plan(cfg: Config) -> dict:
     if cfg.launch.device != "cpu":      # CPU profiles: the A100-hours above are the only device figure
         plan["device_time"] = device_time(cfg, plan)
     return plan
+
+
+def _devices(plan: dict) -> str:
+    """``8 GPUs`` on one machine; ``4 machine(s) x 8 device(s)`` on several (launch.num_machines)."""
+    m, world = plan.get("machines", 1), plan["world_size"]
+    return f"{m} machine(s) x {world // m} device(s)" if m > 1 else f"{world} device(s)"
 
 
 def format_plan(plan: dict) -> str:
@@ -92,7 +99,8 @@ def format_plan(plan: dict) -> str:
                    f"{r['pflop'] * 1e15:>9.2e} {r['a100_hours']:>8.2f}")
     out.append(f"total: {plan['total_pflop'] * 1e15:.3g} FLOP = {plan['total_a100_hours']:.2f} A100-hours at "
                f"{plan['assumed_mfu']:.0%} of the 312 TFLOP/s bf16 peak "
-               f"(= {plan['total_a100_hours'] / 8:.2f} h on 8 GPUs); plus {plan['finetune_runs_per_snapshot']} "
+               f"(= {plan['total_a100_hours'] / plan['world_size']:.2f} h on {_devices(plan)}); plus "
+               f"{plan['finetune_runs_per_snapshot']} "
                f"fine-tuning runs per pre-training snapshot")
     out.append(f"disk: {plan['total_disk_bytes'] / 1e9:.2f} GB for the checkpoints (last, previous, one being "
                f"written) and models of every run; runs check for room before they start")
@@ -260,6 +268,7 @@ def device_time(cfg: Config, plan: dict) -> dict:
     ft_steps = sum(steps[t] for _, _, t, _ in jobs)
     ft_s = ft_steps * ASSUMED_FINETUNE_STEP_S / la.finetune_workers
     return {"peak_tflops": la.peak_tflops, "assumed_mfu": la.assumed_mfu, "devices": la.num_processes,
+            "machines": la.num_machines,
             "pretrain_s": pretrain_s, "finetune_runs": len(jobs), "finetune_steps": ft_steps,
             "finetune_steps_per_task": steps, "finetune_step_s": ASSUMED_FINETUNE_STEP_S,
             "finetune_workers": la.finetune_workers, "finetune_s": ft_s, "total_s": pretrain_s + ft_s}
@@ -267,7 +276,9 @@ def device_time(cfg: Config, plan: dict) -> dict:
 
 def format_device_time(d: dict) -> str:
     m = lambda s: f"{s:,.0f} s = {s / 60:.1f} min"  # noqa: E731
-    return (f"expected on {d['devices']} device(s) of {d['peak_tflops']:g} TFLOP/s bf16 peak at an assumed "
+    on = _devices({"machines": d.get("machines", 1), "world_size": d["devices"]})
+    several = " (no cost assumed for traffic between machines)" if d.get("machines", 1) > 1 else ""
+    return (f"expected on {on} of {d['peak_tflops']:g} TFLOP/s bf16 peak{several} at an assumed "
             f"{d['assumed_mfu']:.0%} MFU: pre-training {m(d['pretrain_s'])}; fine-tuning {d['finetune_runs']} runs, "
             f"{d['finetune_steps']:,} steps at an assumed {d['finetune_step_s'] * 1e3:g} ms, "
             f"{d['finetune_workers']} at a time: {m(d['finetune_s'])}; total {m(d['total_s'])} "

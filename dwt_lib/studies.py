@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from typing import Optional
 
-from . import beyond, integrity, runs
+from . import beyond, integrity, nodes, runs
 from .config import Config, jsonable
 from .config_checks import SEED_LIMIT
 from .errors import UnknownNameError
@@ -227,7 +225,7 @@ def ensure_pretrained(cfg: Config, name: str, progress: bool = True) -> dict:
 
     def work(r: Run) -> dict:
         atomic_write_json(r.dir / "config.json", rcfg.to_dict())
-        if rcfg.launch.num_processes == 1:
+        if rcfg.launch.num_processes == 1 and rcfg.launch.num_machines == 1:
             from .pretrain import train
             return train(rcfg, r, progress=progress)
         return _launch_workers(rcfg, r)
@@ -259,13 +257,13 @@ def pretrained_problem(run: Run, res: dict) -> Optional[str]:
 
 
 def _launch_workers(cfg: Config, run: Run) -> dict:
-    acfg = cfg.launch.accelerate_config
-    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
-    if acfg:
-        cmd += ["--config_file", str(runs.REPO / acfg) if not os.path.isabs(acfg) else acfg]
-    cmd += ["--num_processes", str(cfg.launch.num_processes), "-m", "dwt_lib.cli", "_worker",
-            "--run-dir", str(run.dir), "--name", run.name]
-    subprocess.run(cmd, check=True)
+    """``accelerate launch`` of the run's workers (:func:`dwt_lib.nodes.launch`); on several machines this is node 0,
+    which builds the data cache first so that no node waits for it inside a collective (the others poll for the
+    run's announcement instead)."""
+    if cfg.launch.num_machines > 1:
+        from .data import prepare_pretraining_data
+        prepare_pretraining_data(cfg)
+    nodes.launch(cfg, run.dir, run.name)
     return runs.read_json(run.dir / "final.json")
 
 
