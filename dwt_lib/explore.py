@@ -42,7 +42,7 @@ def softened_teacher_figure(logits: torch.Tensor, tau: float, top: int = 30, ref
     def entropy(t):
         return -(probs(t) * F.log_softmax(row / t, -1)).sum().item()
 
-    with plt.rc_context(plots.STYLE):
+    with plots.style():
         fig, ax = plt.subplots(figsize=(7, 3.4))
         ranks = range(1, top + 1)
         ax.plot(ranks, probs(reference)[:top], color="#999999", marker="o", ms=3, label=rf"$\tau$ = {reference:g}")

@@ -6,6 +6,7 @@ paper's reported values come from the result file too, where they are labelled a
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -17,6 +18,21 @@ COLORS = {"teacher": "#4C72B0", "student": "#C44E52", "dwt": "#55A868", "soft-no
           "soft-strong": "#DD8452", "soft-decay": "#8172B3", "remap": "#937860"}
 STYLE = {"axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
          "font.size": 10, "figure.dpi": 110, "savefig.bbox": "tight"}
+
+
+@contextmanager
+def style():
+    """``plt.rc_context(STYLE)`` with pyplot's backend resolved before the context opens.
+
+    In a fresh Jupyter kernel pyplot picks its backend lazily, at the first figure. If that happens inside an
+    ``rc_context``, the inline backend switches interactive mode on inside the context and the context's exit
+    switches it off again: from then on no pyplot figure displays by itself, neither the library's nor a reader's
+    own ``plt.plot`` (the executed notebooks showed only their first figure). Resolving the backend first keeps
+    the mode it sets. ``pyplot._get_backend_mod`` resolves it once and is a no-op afterwards (unlike
+    ``switch_backend``, which would close the figures already open)."""
+    plt._get_backend_mod()
+    with plt.rc_context(STYLE):
+        yield
 
 
 def figures_dir(result_path: Path) -> Path:
@@ -46,7 +62,7 @@ def teacher_quality(result_path: Path):
     labelled with the gain over the standalone student."""
     res = read_json(result_path)
     runs = res["runs"]
-    with plt.rc_context(STYLE):
+    with style():
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for name, r in runs.items():
             kind = name.split("-")[0]
@@ -104,7 +120,7 @@ def premise_curves(result_path: Path):
     blues = ["#1f3b73", "#4C72B0", "#8fb0e0", "#c5d6f0"]
     colour = {n: blues[min(i, len(blues) - 1)] for i, n in enumerate(p["order"][1:])}
     colour["student"] = COLORS["student"]
-    with plt.rc_context(STYLE):
+    with style():
         fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
         for run, curve in res.get("curves", {}).items():
             arm, seed = split_seed(run)
@@ -177,7 +193,7 @@ def over_training(result_path: Path, name: str):
     res = read_json(result_path)
     tasks = res["tasks"]
     dead = set(baseline_tasks(res["scores"]))
-    with plt.rc_context(STYLE):
+    with style():
         # constrained layout keeps the figure title clear of the panel titles
         fig, axes = plt.subplots(1, len(tasks), figsize=(3.4 * len(tasks), 3.4), squeeze=False,
                                  layout="constrained")
@@ -223,7 +239,7 @@ def over_training(result_path: Path, name: str):
 def loss_curves(result_path: Path, name: str):
     """Pre-training hard (MLM) and soft (KL) loss against step for each run of a study, with a_s."""
     res = read_json(result_path)
-    with plt.rc_context(STYLE):
+    with style():
         fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
         for run, log in res["logs"].items():
             if not log:
@@ -303,7 +319,7 @@ def compare_runs(runs_dir: Path, chosen: dict[str, str], save_as: str | None = N
     missing = [i for i in chosen if i not in reg]
     if missing:
         raise ValueError(f"not finished (or not in {runs_dir}): {', '.join(missing)}")
-    with plt.rc_context(STYLE):
+    with style():
         fig, (ax_l, ax_s) = plt.subplots(1, 2, figsize=(12, 3.6), layout="constrained")
         cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
         tasks = sorted({s["task"] for i in chosen for s in reg[i]["scores"]})
@@ -351,7 +367,7 @@ def beyond(result_path: Path, question: str):
     growth the new layers' gate m."""
     res = read_json(result_path)
     if question not in res["questions"]:
-        with plt.rc_context(STYLE):
+        with style():
             fig, ax = plt.subplots(figsize=(6, 1.2))
             ax.text(0.5, 0.5, f"no arm of this profile asks '{question}' (studies.beyond)", ha="center", va="center")
             ax.set_axis_off()
@@ -360,7 +376,7 @@ def beyond(result_path: Path, question: str):
     extra = {"soft_weight": ["a_s", "ema"], "growth": ["gate"]}.get(question, [])
     cycle = ["#55A868", "#C44E52", "#4C72B0", "#DD8452", "#8172B3", "#937860", "#DA8BC3"]
     colour = {n: cycle[i % len(cycle)] for i, n in enumerate(q["runs"])}
-    with plt.rc_context(STYLE):
+    with style():
         fig, axes = plt.subplots(1, 2 + len(extra), figsize=(4.2 * (2 + len(extra)), 3.4), layout="constrained")
         for n in q["runs"]:
             log, ls = res["logs"].get(n, []), "-" if n in q["arms"] else "--"
