@@ -22,7 +22,9 @@ from typing import Any, Optional, Union
 
 import yaml
 
-PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
+from .paths import REPO
+
+PARAMS_DIR = REPO / "params"
 MAX_PROFILE_BYTES = 1 << 20     # a profile is a few KB; reading stops here (``--profile /dev/zero`` never ends)
 MAX_INT = 2**63 - 1             # what torch and NumPy hold; a larger integer overflows inside them
 

@@ -12,9 +12,10 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Iterable, Optional
+
+from .atomic import atomic_write_json
 
 RECORD = "sha256.json"
 _DIGESTS: dict[tuple, str] = {}      # (folder, inode, size, mtime) -> sha256 of files this process hashed
@@ -40,13 +41,7 @@ def record(folder: Path) -> Path:
     folder = Path(folder)
     files = {p.relative_to(folder).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != RECORD}
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{RECORD}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"version": 1, "files": files}, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, folder / RECORD)
+    atomic_write_json(folder / RECORD, {"version": 1, "files": files})
     return folder / RECORD
 
 
