@@ -289,14 +289,16 @@ def ensure(run: Run, cfg: Config, train: Callable[[Run], dict], log: Callable[[s
         return write_result(run.result_path, cfg, payload, wall_time_s=time.time() - t0)
 
 
-def _status(d: Path, meta: dict) -> dict:
+def _status(d: Path, meta: dict, checksums: bool = False) -> dict:
     if (d / "result.json").exists():
         res, why = check_result(d / "result.json")
         if why:
             return {"status": f"damaged: result.json {why}"}
         folders = ["model"] + sorted(v for v in (res.get("snapshots") or {}).values() if isinstance(v, str))
-        why = integrity.folders_problem(d, folders) if meta.get("kind") != "finetune" else None
-        if why:                                  # deleted, or its bytes differ from the sha256 recorded at save
+        # by default files, sizes and weight headers only: a listing must not read every weight file (at paper
+        # scale tens of GB per call); the sha256 is checked where a dependent run reads a model
+        why = integrity.folders_problem(d, folders, checksums) if meta.get("kind") != "finetune" else None
+        if why:                                  # deleted, cut short or overwritten since it was saved
             return {"status": f"damaged: {why}", "wall_time_s": res["provenance"].get("wall_time_s")}
         return {"status": "finished", "progress": 1.0, "wall_time_s": res["provenance"].get("wall_time_s")}
     if (d / "progress.json").exists():
@@ -309,9 +311,10 @@ def _status(d: Path, meta: dict) -> dict:
     return {}
 
 
-def list_runs(cfg: Config) -> list[dict]:
+def list_runs(cfg: Config, checksums: bool = False) -> list[dict]:
     """Every run folder of the profile with status (finished / partial / new / ``damaged: <reason>``),
-    progress and wall time. A damaged run is listed as such; the others are listed as usual."""
+    progress and wall time. A damaged run is listed as such; the others are listed as usual. Saved models are
+    checked by files, sizes and weight headers; ``checksums``: by their sha256 too (reads every weight file)."""
     rows = []
     for d in sorted((outputs_dir(cfg) / "runs").glob("*-*")):
         if not d.is_dir() or not (d / "run.json").exists():
@@ -327,7 +330,7 @@ def list_runs(cfg: Config) -> list[dict]:
             rows.append(row)
             continue
         row.update(name=meta.get("name"), kind=meta.get("kind", row["kind"]))
-        row.update(_status(d, meta))
+        row.update(_status(d, meta, checksums))
         rows.append(row)
     return rows
 
