@@ -27,7 +27,7 @@ import torch
 
 from .errors import DamagedFileError, DiskFullError, disk_full
 from .integrity import sha256_file
-from .runs import atomic_write_json
+from .runs import atomic_write_json, move_aside
 
 NAMES = ("last.pt", "prev.pt")       # newest first
 MANIFEST = "manifest.json"
@@ -147,7 +147,7 @@ def load(folder: Path, log: Callable[[str], None] = print, is_main: bool = True)
             return state
         damaged.append((path, why))
         if is_main:
-            os.replace(path, path.with_name(name + ".damaged"))
+            move_aside(path)
     if damaged:
         log(f"[dwt] {_list(damaged)}; no intact checkpoint left, so the run starts again from step 0 "
             f"(the damaged files are kept as *.damaged)")

@@ -130,7 +130,7 @@ def _study(cfg, args) -> int:
 def cmd_runs(args) -> int:
     from .runs import format_runs, list_runs
     cfg = _cfg(args)
-    print(format_runs(list_runs(cfg)))
+    print(format_runs(list_runs(cfg, checksums=args.checksums)))
     if args.plot:
         from . import explore, plots
         from .runs import outputs_dir
@@ -216,6 +216,8 @@ def main(argv=None) -> int:
     p = add("runs", cmd_runs, "list runs with status, progress and wall time")
     p.add_argument("--plot", nargs="+", metavar="RUN", help="overlay these finished runs' loss curves and fine-tuning "
                    "scores (run names like dwt-weak, or ids) in figures/compare_runs.png")
+    p.add_argument("--checksums", action="store_true", help="check every saved model's sha256 too (reads every "
+                   "weight file; by default files, sizes and weight headers only)")
     add("plan", cmd_plan, "print every run the studies need and its cost, without running")
     p = several(add("reproduce", cmd_reproduce, "execute every notebook with papermill for a profile"))
     p.add_argument("--notebooks", default=None, help="comma-separated prefixes, e.g. 01,03")

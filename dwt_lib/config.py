@@ -22,7 +22,9 @@ from typing import Any, Optional, Union
 
 import yaml
 
-PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
+from .paths import REPO
+
+PARAMS_DIR = REPO / "params"
 MAX_PROFILE_BYTES = 1 << 20     # a profile is a few KB; reading stops here (``--profile /dev/zero`` never ends)
 MAX_INT = 2**63 - 1             # what torch and NumPy hold; a larger integer overflows inside them
 
@@ -206,7 +208,10 @@ class Config:
 #: Keys added after results were published: left out of :meth:`Config.short_hash` at their default, so the
 #: config hash of every existing profile stays what it was (tests/test_golden_ids.py pins it).
 _UNHASHED_DEFAULTS = {("model", "arch"): "bert", ("model", "initializer_range"): None,
-                      ("finetune", "max_seq_length_per_task"): {}}
+                      ("finetune", "max_seq_length_per_task"): {},
+                      ("launch", "num_machines"): 1, ("launch", "rdzv_endpoint"): None,
+                      ("launch", "rdzv_backend"): "static", ("launch", "node_rank_env"): "SLURM_NODEID",
+                      ("launch", "node_timeout_s"): 300.0}
 
 
 def stable_hash(obj: Any, n: int = 10) -> str:

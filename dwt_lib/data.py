@@ -25,13 +25,13 @@ import torch
 
 from . import corpus, datacache
 from .bytetok import BYTE_VOCAB_SIZE, byte_tokenizer
-from .config import BYTE_TOKENIZER, TRAINED_TOKENIZER, Config, DataConfig, stable_hash
+from .config import BYTE_TOKENIZER, Config, DataConfig, stable_hash
 from .datacache import TokenBlocks, cache_root  # noqa: F401  (cache_root: re-exported)
 # Source resolution (sample / mirror / Hub) is sources.py; these names stay importable from here.
-from .sources import (DataSourceError, data_dir, describe_sources, require, require_source,  # noqa: F401
-                      resolve, resolve_corpus, sources_table, text_identity)
+from .sources import (DataSourceError, data_dir, describe_sources, needs_source, require,  # noqa: F401
+                      require_source, resolve, resolve_corpus, sources_table, text_identity)
+from .paths import REPO as REPO_ROOT  # noqa: F401  (importable from here; one repository root: paths.py)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 # Bump when a change here or in corpus.py changes the processed data: it is part of the cache hash.
 DATA_CODE_VERSION = 3      # 3: deterministic tokenizer training (see train_tokenizer)
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -47,11 +47,6 @@ def load_tokenizer(name_or_path: str):
         return byte_tokenizer()
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(resolve(name_or_path), use_fast=True)
-
-
-def needs_source(dc: DataConfig) -> bool:
-    """Whether ``data.tokenizer`` names a tokenizer to read (a Hub id or ``sample:``), not one made here."""
-    return dc.tokenizer not in (TRAINED_TOKENIZER, BYTE_TOKENIZER)
 
 
 def vocab_size(dc: DataConfig) -> int:

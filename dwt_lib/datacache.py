@@ -14,7 +14,6 @@ is converted to int64 only when it is read (:class:`TokenBlocks`).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from . import paths
+from .integrity import sha256_file
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -44,15 +44,6 @@ def cache_root() -> Path:
 
 # ----------------------------------------------------------------------------- checksums
 
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    """sha256 of a file, read in 4 MiB chunks (bounded memory; no mapping, so no RSS growth)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
-
-
 def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
 
@@ -63,7 +54,7 @@ def write_manifest(folder: Path) -> dict:
     for p in _files(folder):
         with open(p, "rb") as f:
             os.fsync(f.fileno())
-        files[p.relative_to(folder).as_posix()] = {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
+        files[p.relative_to(folder).as_posix()] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
     man = {"manifest_version": MANIFEST_VERSION, "files": files}
     tmp = folder / f".{MANIFEST}.tmp"
     with open(tmp, "w") as f:
@@ -93,7 +84,7 @@ def verify(folder: Path, checksums: bool = True) -> Optional[str]:
             return f"{rel} is missing"
         if p.stat().st_size != want["bytes"]:
             return f"{rel} has {p.stat().st_size} bytes, the manifest says {want['bytes']}"
-        if checksums and file_sha256(p) != want["sha256"]:
+        if checksums and sha256_file(p) != want["sha256"]:
             return f"{rel} does not match its sha256 in {MANIFEST}"
     return None
 

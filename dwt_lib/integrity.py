@@ -12,9 +12,10 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Iterable, Optional
+
+from .atomic import atomic_write_json
 
 RECORD = "sha256.json"
 _DIGESTS: dict[tuple, str] = {}      # (folder, inode, size, mtime) -> sha256 of files this process hashed
@@ -40,13 +41,7 @@ def record(folder: Path) -> Path:
     folder = Path(folder)
     files = {p.relative_to(folder).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != RECORD}
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{RECORD}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"version": 1, "files": files}, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, folder / RECORD)
+    atomic_write_json(folder / RECORD, {"version": 1, "files": files})
     return folder / RECORD
 
 
@@ -61,10 +56,11 @@ def _safetensors_header_ok(path: Path) -> bool:
         return False
 
 
-def problem(folder: Path, remembered: bool = True) -> Optional[str]:
+def problem(folder: Path, remembered: bool = True, checksums: bool = True) -> Optional[str]:
     """What is wrong with a saved model folder (``"missing"``, ``"model.safetensors: sha256 differs from ..."``),
     or None. ``remembered``: a file this process already hashed, unchanged since (inode, size, mtime), is not
-    read again."""
+    read again. ``checksums=False``: files and sizes only, nothing hashed (``dwt runs`` lists every run of a
+    profile: hashing every model and snapshot at paper scale reads tens of GB per call)."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         return "missing"
@@ -87,16 +83,20 @@ def problem(folder: Path, remembered: bool = True) -> Optional[str]:
         if size != e.get("bytes"):
             return f"{rel} is damaged ({'truncated: ' if size < (e.get('bytes') or 0) else 'size '}{size} of " \
                    f"{e.get('bytes')} bytes)"
-        if sha256_file(p, remembered=remembered) != e.get("sha256"):
+        if not checksums:                        # what can be seen without reading the file
+            if p.suffix == ".safetensors" and not _safetensors_header_ok(p):
+                return f"{rel} is damaged (its header does not read)"
+        elif sha256_file(p, remembered=remembered) != e.get("sha256"):
             return f"{rel} is damaged (sha256 differs from the one recorded when it was saved)"
     return None
 
 
-def folders_problem(run_dir: Path, rels: Iterable[str]) -> Optional[str]:
+def folders_problem(run_dir: Path, rels: Iterable[str], checksums: bool = True) -> Optional[str]:
     """The first problem among a run's saved model folders ``rels`` (``model``, ``snapshots/frac-0.50``), said
-    with the folder: ``model/ missing`` or ``snapshots/frac-0.50/model.safetensors is damaged (...)``."""
+    with the folder: ``model/ missing`` or ``snapshots/frac-0.50/model.safetensors is damaged (...)``.
+    ``checksums``: as :func:`problem`."""
     for rel in rels:
-        why = problem(Path(run_dir) / rel)
+        why = problem(Path(run_dir) / rel, checksums=checksums)
         if why == "missing":
             return f"{rel}/ missing"
         if why:

@@ -32,10 +32,10 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
-from .config import Config
-from .datacache import cache_root
+from .config import Config, config_from_dict
 from .errors import DwtError, message
-from .runs import REPO, atomic_write_json, outputs_dir, read_json
+from .paths import REPO, cache_root
+from .runs import atomic_write_json, outputs_dir, read_json
 
 #: Set by node 0 for its own processes (notebook kernels included): the session folder that runs are announced in.
 SESSION_ENV = "DWT_NODES_SESSION"
@@ -363,7 +363,6 @@ def _node0_lost(timeout: float, folder: Path) -> NodeError:
 
 def _join(cfg: Config, rank: int, folder: Path, ann: dict, node0: Watch) -> None:
     """Run this node's workers of node 0's run ``ann``; its outcome is node 0's (``end-<n>.json``)."""
-    from .config import config_from_dict
     n, name = ann["run"], ann["name"]
     run_dir = outputs_dir(cfg) / ann["run_dir"]
     rcfg = config_from_dict(read_json(run_dir / "config.json"))    # what node 0 launched with

@@ -170,6 +170,7 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
     any number of processes; the global batch is ``batch_size_per_device x processes x accum``.
     """
     from accelerate import Accelerator
+    from accelerate.utils import gather_object
     from tqdm.auto import tqdm
     from transformers.utils import logging as hf_logging
 
@@ -269,7 +270,11 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
         acc.unwrap_model(model).load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
-        _set_rng_state(st["rng"])
+        # each process its own generators (dropout masks differ per rank); a checkpoint from before per-rank
+        # states, or from another world size, has rank 0's only: every process takes those, as before
+        per_rank = st.get("rng_per_rank")
+        _set_rng_state(per_rank[acc.process_index] if isinstance(per_rank, list) and len(per_rank) == world
+                       else st["rng"])
         step = st["step"]
         # the steps since the last log line, so the next line averages the same steps as without a kill
         window, tokens_since = list(st.get("window", [])), st.get("tokens_since", 0)
@@ -280,9 +285,12 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
     acc.wait_for_everyone()
 
     def save_checkpoint():
+        # every process's generators, in rank order (gathered before rank 0 writes): a resume restores each its own
+        rngs = gather_object([_rng_state()]) if world > 1 else [_rng_state()]
         if main:
             checkpoints.save(ckpt_dir, {"model": acc.unwrap_model(model).state_dict(), "optimizer": opt.state_dict(),
-                                        "scheduler": sched.state_dict(), "rng": _rng_state(), "step": step,
+                                        "scheduler": sched.state_dict(), "rng": rngs[0], "rng_per_rank": rngs,
+                                        "step": step,
                                         "window": window, "tokens_since": tokens_since,
                                         **({"aware": dict(aware.state)} if aware else {})})
             atomic_write_json(out / "progress.json", {"step": step, "total_steps": total,
@@ -386,7 +394,6 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
     batches.close()
 
     final = evaluate_mlm(model, data.validation, tok, cfg, acc, autocast)
-    from accelerate.utils import gather_object
     access = gather_object([{"process": acc.process_index, **data.train.access()}])   # every process's view
     if tb:
         acc.end_training()

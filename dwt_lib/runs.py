@@ -15,7 +15,6 @@ import platform
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +22,12 @@ from typing import Any, Callable, Optional
 
 from filelock import FileLock, Timeout
 
-from .config import Config, stable_hash
 from . import integrity
+from .atomic import FILE_MODE, atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: F401
+from .config import Config, stable_hash
 from .errors import DamagedFileError, Interrupted
 from .machine import machine
-from .paths import outputs_root
-
-REPO = Path(__file__).resolve().parent.parent
+from .paths import REPO, outputs_root  # noqa: F401  (REPO: importable from here)
 
 
 def outputs_dir(cfg: Config) -> Path:
@@ -38,44 +36,8 @@ def outputs_dir(cfg: Config) -> Path:
 
 
 # ----------------------------------------------------------------------------- atomic I/O
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-FILE_MODE = 0o666 & ~_umask()      # what open() gives a new file (0644 under the usual umask 022)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder, fsync and ``os.replace``.
-
-    A kill or a full disk leaves the old file (or none), never half a new one. The file gets
-    the mode ``open()`` would give it (``mkstemp`` alone would make it 0600)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Text version of :func:`atomic_write_bytes` (UTF-8)."""
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """JSON version of :func:`atomic_write_text` (indented, sorted keys)."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+# atomic_write_bytes / _text / _json live in dwt_lib.atomic (a leaf module: integrity.py uses them too);
+# imported above and still importable from here.
 
 
 def read_json(path: Path) -> Any:
@@ -327,14 +289,16 @@ def ensure(run: Run, cfg: Config, train: Callable[[Run], dict], log: Callable[[s
         return write_result(run.result_path, cfg, payload, wall_time_s=time.time() - t0)
 
 
-def _status(d: Path, meta: dict) -> dict:
+def _status(d: Path, meta: dict, checksums: bool = False) -> dict:
     if (d / "result.json").exists():
         res, why = check_result(d / "result.json")
         if why:
             return {"status": f"damaged: result.json {why}"}
         folders = ["model"] + sorted(v for v in (res.get("snapshots") or {}).values() if isinstance(v, str))
-        why = integrity.folders_problem(d, folders) if meta.get("kind") != "finetune" else None
-        if why:                                  # deleted, or its bytes differ from the sha256 recorded at save
+        # by default files, sizes and weight headers only: a listing must not read every weight file (at paper
+        # scale tens of GB per call); the sha256 is checked where a dependent run reads a model
+        why = integrity.folders_problem(d, folders, checksums) if meta.get("kind") != "finetune" else None
+        if why:                                  # deleted, cut short or overwritten since it was saved
             return {"status": f"damaged: {why}", "wall_time_s": res["provenance"].get("wall_time_s")}
         return {"status": "finished", "progress": 1.0, "wall_time_s": res["provenance"].get("wall_time_s")}
     if (d / "progress.json").exists():
@@ -347,9 +311,10 @@ def _status(d: Path, meta: dict) -> dict:
     return {}
 
 
-def list_runs(cfg: Config) -> list[dict]:
+def list_runs(cfg: Config, checksums: bool = False) -> list[dict]:
     """Every run folder of the profile with status (finished / partial / new / ``damaged: <reason>``),
-    progress and wall time. A damaged run is listed as such; the others are listed as usual."""
+    progress and wall time. A damaged run is listed as such; the others are listed as usual. Saved models are
+    checked by files, sizes and weight headers; ``checksums``: by their sha256 too (reads every weight file)."""
     rows = []
     for d in sorted((outputs_dir(cfg) / "runs").glob("*-*")):
         if not d.is_dir() or not (d / "run.json").exists():
@@ -365,7 +330,7 @@ def list_runs(cfg: Config) -> list[dict]:
             rows.append(row)
             continue
         row.update(name=meta.get("name"), kind=meta.get("kind", row["kind"]))
-        row.update(_status(d, meta))
+        row.update(_status(d, meta, checksums))
         rows.append(row)
     return rows
 

@@ -36,6 +36,11 @@ class DataSourceError(RuntimeError):
     """A dataset or tokenizer is neither in the sample, nor in the local mirror, nor reachable on the Hub."""
 
 
+def needs_source(dc) -> bool:
+    """Whether ``data.tokenizer`` names a tokenizer to read (a Hub id or ``sample:``), not one made here."""
+    return dc.tokenizer not in (TRAINED_TOKENIZER, BYTE_TOKENIZER)
+
+
 def data_dir() -> Path:
     """The offline mirror root: ``$DWT_DATA_DIR``, default ``<repo>/data``."""
     return paths.data_root()
@@ -157,7 +162,7 @@ def describe_sources(cfg) -> list[dict]:
         s = resolve_corpus(c)
         rows.append({"role": "corpus", **s.record(), "config": c.config, "split": c.split,
                      "mirror": c.mirror, "location": _display(s)})
-    if cfg.data.tokenizer not in (TRAINED_TOKENIZER, BYTE_TOKENIZER):
+    if needs_source(cfg.data):
         s = resolve_source(cfg.data.tokenizer)
         rows.append({"role": "tokenizer", **s.record(), "location": _display(s)})
     s = resolve_source(cfg.finetune.source)
