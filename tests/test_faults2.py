@@ -184,8 +184,9 @@ def test_make_lab_with_a_bad_port_is_one_line():
 def test_a_cut_short_log_is_named(finished, capsys):
     cfg = cfg_of()
     log = named_run(cfg, "student").dir / "log.jsonl"
-    text = log.read_text()
-    log.write_text(text[: len(text) // 2])       # cut mid-line
+    lines = log.read_text().splitlines(keepends=True)
+    k = len(lines) // 2                          # cut inside line k+1 (half the text could end on a line break)
+    log.write_text("".join(lines[:k]) + lines[k][: len(lines[k]) // 2])
     line = dwt(capsys, "runs", "--profile", "smoke", *sets(FAULT), "--plot", "student")
     assert str(log) in line and "is not a JSON object (cut short?)" in line
     from dwt_lib import results
