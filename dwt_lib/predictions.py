@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 
 from .config import Config
+from .data import vocab_size
 
 
 @dataclass(frozen=True)
@@ -46,14 +47,14 @@ class TeacherPrediction:
 def teacher_prediction(cfg: Config, role: str = "weak", block: int = 0, window: int = 12) -> TeacherPrediction:
     """The teacher ``role``'s prediction at one masked position of held-out block ``block`` (the first
     ordinary word-piece after the block's middle), if its run is finished; else random logits (seeded
-    by ``pretrain.seed``) of the profile's vocabulary size. ``window`` word-pieces each side go into
+    by ``pretrain.seed``) of the data's vocabulary size (261 for bytes). ``window`` word-pieces each side go into
     ``context``."""
     from .studies import named_run
     run = named_run(cfg, f"teacher-{role}")
     model_dir = run.dir / "model"
     if not (run.finished() and (model_dir / "config.json").exists()):
         g = torch.Generator().manual_seed(cfg.pretrain.seed)
-        row = torch.sort(torch.randn(cfg.data.vocab_size, generator=g) * 3, descending=True).values
+        row = torch.sort(torch.randn(vocab_size(cfg.data), generator=g) * 3, descending=True).values
         return TeacherPrediction(row, [], f"random logits: no finished teacher-{role} run in this profile's "
                                           f"registry yet (notebook 03 trains it)")
     from transformers import AutoModelForMaskedLM, AutoTokenizer
