@@ -159,17 +159,25 @@ def test_stale_build_folders_of_dead_processes_are_removed(good, tmp_path, monke
 
 def test_sigkill_mid_build_then_rerun_gives_the_same_data(good, tmp_path):
     """A build killed while it writes leaves only its tmp folder; the rerun removes it and builds the same."""
+    # The build stops for good once its files are written and before its manifest: the kill lands mid-build
+    # however loaded the machine is (no race between the poll below and the build finishing).
     script = textwrap.dedent(f"""
-        from dwt_lib import data
+        import time
+        from dwt_lib import data, datacache
         from dwt_lib.config import load_params
+        def stop(folder):
+            (folder.parent / "paused").touch()
+            time.sleep(3600)
+        datacache.write_manifest = stop
         data.prepare_pretraining_data(load_params("smoke", {TINY!r}))
     """)
     env = dict(os.environ, DWT_CACHE_DIR=str(tmp_path), PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-c", script], env=env)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not list(tmp_path.glob("*.tmp-*/*")):
-        time.sleep(0.02)
-    assert proc.poll() is None, "the build finished before it could be killed"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None and not (tmp_path / "paused").exists():
+        time.sleep(0.05)
+    assert proc.poll() is None, "the build ended before it reached its manifest"
+    assert list(tmp_path.glob("*.tmp-*/train.npy")), "paused before the blocks were written"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert list(tmp_path.glob("*.tmp-*")) and not (tmp_path / good.cache_dir.name).exists()

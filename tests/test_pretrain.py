@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Optional
 import warnings
 from pathlib import Path
 
@@ -68,11 +69,33 @@ def cli_env(outputs: Path) -> dict:
     return env
 
 
-def start_cli(outputs: Path, run: str, overrides: dict, log_to: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "dwt_lib.cli", "pretrain", "--profile", "smoke", "--run", run,
-           *set_args(overrides)]
+# `dwt` with checkpoints.save wrapped: after the checkpoint of step `pause_at` is written the process
+# touches <outputs>/paused and sleeps, so a test kills it at a known point however loaded the machine is.
+PAUSING_CLI = """import os, runpy, sys, time
+from dwt_lib import checkpoints
+save, at = checkpoints.save, int(os.environ["DWT_TEST_PAUSE_AT"])
+def pausing(folder, state):
+    path = save(folder, state)
+    if state["step"] >= at:
+        open(os.path.join(os.environ["DWT_OUTPUTS_DIR"], "paused"), "w").close()
+        time.sleep(3600)
+    return path
+checkpoints.save = pausing
+runpy.run_module("dwt_lib.cli", run_name="__main__", alter_sys=True)
+"""
+
+
+def start_cli(outputs: Path, run: str, overrides: dict, log_to: Path,
+              pause_at: Optional[int] = None) -> subprocess.Popen:
+    args = ["pretrain", "--profile", "smoke", "--run", run, *set_args(overrides)]
+    env = cli_env(outputs)
+    if pause_at is None:
+        cmd = [sys.executable, "-m", "dwt_lib.cli", *args]
+    else:
+        outputs.mkdir(parents=True, exist_ok=True)
+        cmd, env["DWT_TEST_PAUSE_AT"] = [sys.executable, "-c", PAUSING_CLI, *args], str(pause_at)
     f = open(log_to, "w")
-    return subprocess.Popen(cmd, cwd=REPO, env=cli_env(outputs), stdout=f, stderr=subprocess.STDOUT)
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
 
 
 @pytest.fixture(scope="session")
@@ -265,21 +288,22 @@ def test_sigkill_and_resume_matches_uninterrupted(tmp_path, monkeypatch):
     """SIGKILL after a checkpoint and a later log line, start again: the resumed run's log is
     the uninterrupted run's (fp32 CPU, dropout on: RNG state comes back from the checkpoint)."""
     killed_out, ref_out = tmp_path / "killed", tmp_path / "ref"
-    proc = start_cli(killed_out, "student", KILL, tmp_path / "first.txt")
+    # it stops after its step-6 checkpoint (steps 3 and 6 saved, log lines 2 and 4 at least) and is killed there
+    proc = start_cli(killed_out, "student", KILL, tmp_path / "first.txt", pause_at=6)
     runs_dir = killed_out / "smoke" / "runs"
 
     def ckpt_and_later_line():
         for d in runs_dir.glob("student-*"):
             ck, log = d / "checkpoints" / "last.pt", d / "log.jsonl"
-            if ck.exists() and log.exists():
+            if ck.exists() and log.exists() and (killed_out / "paused").exists():
                 steps = [json.loads(ln)["step"] for ln in log.read_text().splitlines() if ln.endswith("}")]
                 if steps and max(steps) >= 4:
                     return True
         return False
 
     try:
-        alive = _wait(ckpt_and_later_line, 240, proc, "a checkpoint and a log line past it")
-        assert alive, "the run finished before it could be killed:\n" + (tmp_path / "first.txt").read_text()
+        alive = _wait(ckpt_and_later_line, 600, proc, "a checkpoint and a log line past it")
+        assert alive, "the run ended before it could be killed:\n" + (tmp_path / "first.txt").read_text()
         os.kill(proc.pid, signal.SIGKILL)
         assert proc.wait(30) == -signal.SIGKILL
     finally:
