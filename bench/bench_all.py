@@ -75,11 +75,11 @@ def _plain_finetune_loop(clf, train, tokenizer, batch_size: int, lr: float, seed
 
 
 def bench_finetune(cfg, tok, n_examples: int, reps: int, task: str = "sst2") -> tuple[float, float]:
-    """Median examples/s of :func:`dwt_lib.finetune.finetune` and of the plain loop, alternating,
+    """Median examples/s of :func:`dwt_lib.train.finetune.finetune` and of the plain loop, alternating,
     on the same model (a random mini student), task data and batch size."""
-    from dwt_lib.finetune import build_classifier, finetune
-    from dwt_lib.glue import load_glue
-    from dwt_lib.models import build_model
+    from dwt_lib.train.finetune import build_classifier, finetune
+    from dwt_lib.data.glue import load_glue
+    from dwt_lib.models.encoder import build_model
     ft = dataclasses.replace(cfg.finetune, epochs=1.0, epochs_per_task={}, max_train_examples=n_examples,
                              max_eval_examples=32)
     torch.manual_seed(0)

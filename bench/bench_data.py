@@ -14,8 +14,8 @@ import argparse
 import sys
 import time
 
-from dwt_lib import corpus, data
-from dwt_lib.config import load_params
+from dwt_lib.data import corpus, prepare as data
+from dwt_lib.config.schema import load_params
 
 TARGET = 0.7
 

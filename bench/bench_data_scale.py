@@ -58,8 +58,8 @@ def overrides(docs) -> dict:
 def child_build(docs, num_proc: int, out: str) -> None:
     import resource
 
-    from dwt_lib import data
-    from dwt_lib.config import load_params
+    from dwt_lib.data import prepare as data
+    from dwt_lib.config.schema import load_params
     cfg = load_params("smoke", overrides(docs))
     t = time.time()
     c0 = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
@@ -90,8 +90,8 @@ def child_open(docs, out: str) -> None:
     """A second process opening the cached blocks: RSS before/after opening, and after reading them all."""
     import numpy as np
 
-    from dwt_lib import data, datacache
-    from dwt_lib.config import load_params
+    from dwt_lib.data import prepare as data, cache as datacache
+    from dwt_lib.config.schema import load_params
     cfg = load_params("smoke", overrides(docs))
     path = data.cache_path(cfg.data)
     rss = lambda: {k: _status_kb(k) / 1024 for k in ("VmRSS", "RssAnon", "RssFile")}
@@ -158,7 +158,7 @@ def run_child(args: list, env: dict) -> tuple[dict, float, float]:
 
 def warm_up(env: dict) -> None:
     """Convert the mirror's Parquet to the 🤗 datasets Arrow cache once, outside the timed builds."""
-    code = ("import datasets; from dwt_lib import data\n"
+    code = ("import datasets; from dwt_lib.data import prepare as data\n"
             "for c in ('corpora/wikipedia-en', 'corpora/gutenberg-en'): datasets.load_dataset(data.resolve(c), split='train')")
     subprocess.run([sys.executable, "-c", code], env=env, check=True)
 

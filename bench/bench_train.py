@@ -1,7 +1,7 @@
 """Pre-training step benchmarks for the ``mini`` sizes (batch 32 x 128, CPU): the library's step
 against the usual implementations, timed side by side in one process.
 
-A *step* is what :func:`dwt_lib.pretrain.train` does per optimizer step: ``mask_tokens`` on the
+A *step* is what :func:`dwt_lib.train.pretrain.train` does per optimizer step: ``mask_tokens`` on the
 batch, forward(s), loss, backward, grad clip, AdamW step, schedule step, ``zero_grad``. The
 project's variants call the library's pieces (``mask_tokens``, ``SparseMLM``, ``dwt_losses``,
 ``make_optimizer``); the references are written here, as the usual code looks:
@@ -37,11 +37,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dwt_lib.config import load_params
-from dwt_lib.data import mask_tokens, prepare_pretraining_data
-from dwt_lib.losses import hard_loss
-from dwt_lib.models import SparseMLM, build_model, train_flops_per_sequence, use_device_attention
-from dwt_lib.pretrain import dwt_losses, lr_lambda, make_optimizer
+from dwt_lib.config.schema import load_params
+from dwt_lib.data.prepare import mask_tokens, prepare_pretraining_data
+from dwt_lib.models.losses import hard_loss
+from dwt_lib.models.encoder import SparseMLM, build_model, train_flops_per_sequence, use_device_attention
+from dwt_lib.train.pretrain import dwt_losses, lr_lambda, make_optimizer
 
 BATCH, SEQ = 32, 128
 STUDENT, TEACHER = "mini-student", "mini-teacher-4l"
@@ -250,7 +250,7 @@ def _vm_hwm_mb() -> float:
 def _mem_child(name: str, blocks_path: str, steps: int) -> None:
     cfg = load_params("mini")
     from transformers import PreTrainedTokenizerFast
-    from dwt_lib.data import cache_path
+    from dwt_lib.data.prepare import cache_path
     tok = PreTrainedTokenizerFast.from_pretrained(str(cache_path(cfg.data) / "tokenizer"))
     batches = torch.load(blocks_path)
     v = Variant(name, cfg, tok, **VARIANTS[name])

@@ -26,11 +26,10 @@ import time
 
 import torch
 
-from dwt_lib.config import load_params
-from dwt_lib.data import SPECIAL_TOKENS, mask_tokens
-from dwt_lib.models import (SparseMLM, build_model, classifier_logits, resolve_size, train_flops_per_sequence,
-                            use_device_attention)
-from dwt_lib.pretrain import Prefetcher, batch_indices, dwt_losses, make_optimizer
+from dwt_lib.config.schema import load_params
+from dwt_lib.data.prepare import SPECIAL_TOKENS, mask_tokens
+from dwt_lib.models.encoder import (SparseMLM, build_model, classifier_logits, resolve_size, train_flops_per_sequence, use_device_attention)
+from dwt_lib.train.pretrain import Prefetcher, batch_indices, dwt_losses, make_optimizer
 
 SMOKE = {"model.sizes": {"s": {"layers": 2, "hidden": 32, "heads": 2}, "t": {"layers": 1, "hidden": 32, "heads": 2}},
          "model.student": "s", "model.teachers": {"weak": "t"}, "studies.teacher_quality": ["weak"], "studies.beyond": {},
@@ -118,7 +117,7 @@ class FinetuneStep:
     """One step of ``finetune.finetune``'s loop for the student classifier on GLUE-length rows."""
 
     def __init__(self, cfg, device, mean_len: int = 48):
-        from dwt_lib.finetune import build_classifier
+        from dwt_lib.train.finetune import build_classifier
         self.cfg, self.device = cfg, device
         mlm = build_model(resolve_size(cfg.model.student, cfg.model.sizes), cfg.data.vocab_size, **_model_kw(cfg))
         self.model = build_classifier(mlm, "sst2", 1).to(device).train()
@@ -156,7 +155,7 @@ def time_steps(step, device, warmup: int, steps: int) -> float:
 
 
 def _ft_worker(cfg_dict, device, warmup, steps, threads, barrier, q):
-    from dwt_lib.config import config_from_dict
+    from dwt_lib.config.schema import config_from_dict
     torch.set_num_threads(threads)
     cfg = config_from_dict(cfg_dict)
     st = FinetuneStep(cfg, torch.device(device))
@@ -215,7 +214,7 @@ def main(argv=None) -> int:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    from dwt_lib.plan import make_plan
+    from dwt_lib.studies.plan import make_plan
     plan = make_plan(cfg.replace(**{"launch.device": "cuda"}))   # the device-time estimate, also on CPU
     peak = cfg.launch.peak_tflops * 1e12
     L, B = cfg.data.max_seq_length, cfg.pretrain.batch_size_per_device

@@ -23,10 +23,10 @@ import sys
 
 import yaml
 
-from .config import ConfigError, load_params
-from .config_checks import seed_ok
-from .errors import debug_enabled, report
-from .paths import pin_environment
+from dwt_lib.config.schema import ConfigError, load_params
+from dwt_lib.config.rules import seed_ok
+from dwt_lib.core.errors import debug_enabled, report
+from dwt_lib.core.paths import pin_environment
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -53,7 +53,7 @@ def _on_every_node(cfg, args, body) -> int:
     other nodes join (they run each pre-training run's workers node 0 opens, then leave): :mod:`dwt_lib.nodes`."""
     if cfg.launch.num_machines == 1:
         return body()
-    from . import nodes
+    from dwt_lib.studies import nodes
     rank = nodes.node_rank(cfg, args.node_rank)
     if rank:
         return nodes.follow(cfg, rank)
@@ -65,8 +65,8 @@ def _on_every_node(cfg, args, body) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    from .preflight import check
-    from .studies import ensure_pretrained
+    from dwt_lib.studies.preflight import check
+    from dwt_lib.studies.identity import ensure_pretrained
     cfg = _cfg(args)
 
     def body() -> int:
@@ -79,8 +79,8 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from .preflight import check
-    from .studies import ensure_finetuned
+    from dwt_lib.studies.preflight import check
+    from dwt_lib.studies.identity import ensure_finetuned
     if args.seed is not None and not seed_ok(args.seed):
         raise ConfigError(f"--seed {args.seed}: expected a fine-tuning seed in [0, 2^32); e.g. --seed 1")
     cfg = _cfg(args)
@@ -103,14 +103,15 @@ def cmd_study(args) -> int:
 
 
 def _study(cfg, args) -> int:
-    from . import plots, results
+    from dwt_lib.notebook import plots
+    from dwt_lib.studies import results
     if args.name == "teacher_quality":
         res = results.teacher_quality(cfg)
         plots.teacher_quality(results.result_path(cfg, args.name))
         print(results.teacher_quality_table(res).round(2).to_string())
         print(results.teacher_quality_summary(res))
     elif args.name == "beyond":                  # notebook 06: one figure and one paragraph per question
-        from . import beyond_study
+        from dwt_lib.studies import beyond as beyond_study
         res = beyond_study.run_study(cfg)
         print(beyond_study.comparisons_table(res).round(2).to_string())
         for q in res["questions"]:
@@ -128,12 +129,12 @@ def _study(cfg, args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from .runs import format_runs, list_runs
+    from dwt_lib.runs.registry import format_runs, list_runs
     cfg = _cfg(args)
     print(format_runs(list_runs(cfg, checksums=args.checksums)))
     if args.plot:
-        from . import explore, plots
-        from .runs import outputs_dir
+        from dwt_lib.notebook import explore, plots
+        from dwt_lib.runs.registry import outputs_dir
         try:
             chosen = explore.resolve_runs(cfg, args.plot)
         except ValueError as e:
@@ -145,7 +146,7 @@ def cmd_runs(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from .plan import data_prep_estimate, format_data_estimate, format_plan, make_plan
+    from dwt_lib.studies.plan import data_prep_estimate, format_data_estimate, format_plan, make_plan
     cfg = _cfg(args)
     print(format_plan(make_plan(cfg)))
     print(format_data_estimate(data_prep_estimate(cfg)))
@@ -153,7 +154,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from .reproduce import reproduce
+    from dwt_lib.reproduce import reproduce
     only = args.notebooks.split(",") if args.notebooks else None
     overrides = _overrides(args.set)
     cfg = load_params(args.profile, overrides)
@@ -161,7 +162,7 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .verify import verify
+    from dwt_lib.studies.verify import verify
     return 0 if verify(_cfg(args), args.runs, args.cheapest, args.keep)["ok"] else 1
 
 
@@ -170,9 +171,9 @@ def cmd_worker(args) -> int:
     import json
     from pathlib import Path
 
-    from .config import config_from_dict
-    from .pretrain import train
-    from .runs import Run, atomic_write_json, read_json
+    from dwt_lib.config.schema import config_from_dict
+    from dwt_lib.train.pretrain import train
+    from dwt_lib.runs.registry import Run, atomic_write_json, read_json
     d = Path(args.run_dir)
     cfg = config_from_dict(read_json(d / "config.json"))
     meta = read_json(d / "run.json")

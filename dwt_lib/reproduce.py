@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .config import PARAMS_DIR, load_params, resolve_params_path
-from .errors import Interrupted, UnknownNameError
-from .paths import pin_environment
-from .runs import REPO, outputs_dir
+from dwt_lib.config.schema import PARAMS_DIR, load_params, resolve_params_path
+from dwt_lib.core.errors import Interrupted, UnknownNameError
+from dwt_lib.core.paths import pin_environment
+from dwt_lib.core.paths import REPO
+from dwt_lib.runs.registry import outputs_dir
 
 NOTEBOOKS = REPO / "notebooks"
 
@@ -98,11 +99,11 @@ def reproduce(profile: str, only: Optional[list[str]] = None, overrides: Optiona
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
-    from .preflight import check_all
+    from dwt_lib.studies.preflight import check_all
     pin_environment()                              # relative DWT_*_DIR: resolved here, not in notebooks/
     profile = notebook_profile(profile)
     cfg = load_params(profile, overrides)          # fail on a bad profile before starting a kernel
-    from .studies import check_device
+    from dwt_lib.studies.identity import check_device
     check_device(cfg)                              # and on a GPU profile without a GPU
     check_all(cfg)                                 # and on unreadable data, names, disk, before any run
     out = outputs_dir(cfg) / "notebooks"

@@ -1,5 +1,5 @@
 """Helpers shared by test files (imported as ``helpers``: pytest puts ``tests/`` on the path)."""
-from dwt_lib import pretrain as pt
+from dwt_lib.train import pretrain as pt
 
 
 def interrupt_at(monkeypatch, n: int) -> None:

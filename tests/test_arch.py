@@ -10,15 +10,14 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-from dwt_lib import growth
-from dwt_lib.config import ConfigError, load_params
-from dwt_lib.data import load_tokenizer, mask_tokens
-from dwt_lib.losses import hard_loss, soft_loss
-from dwt_lib.models import (SparseMLM, arch_of, build_model, count_parameters, train_flops_per_sequence,
-                            use_device_attention)
-from dwt_lib.pretrain import dwt_losses, save_model
-from dwt_lib.remap import RANDOM, _tensors, remap_parameters
-from dwt_lib.studies import ensure_finetuned, ensure_pretrained, named_run
+from dwt_lib.models import growth
+from dwt_lib.config.schema import ConfigError, load_params
+from dwt_lib.data.prepare import load_tokenizer, mask_tokens
+from dwt_lib.models.losses import hard_loss, soft_loss
+from dwt_lib.models.encoder import (SparseMLM, arch_of, build_model, count_parameters, train_flops_per_sequence, use_device_attention)
+from dwt_lib.train.pretrain import dwt_losses, save_model
+from dwt_lib.models.remap import RANDOM, _tensors, remap_parameters
+from dwt_lib.studies.identity import ensure_finetuned, ensure_pretrained, named_run
 
 ARCHS = ["bert", "modernbert"]
 SHAPE = lambda layers: dict(num_hidden_layers=layers, hidden_size=32, num_attention_heads=2, intermediate_size=48)

@@ -15,15 +15,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dwt_lib import beyond, growth
-from dwt_lib.config import ConfigError, jsonable, load_params
-from dwt_lib.losses import soft_loss
-from dwt_lib.models import SparseMLM, build_model
-from dwt_lib.results import read_log
-from dwt_lib.runs import Run, outputs_dir
+from dwt_lib.config import arms as beyond
+from dwt_lib.models import growth
+from dwt_lib.config.schema import ConfigError, jsonable, load_params
+from dwt_lib.models.losses import soft_loss
+from dwt_lib.models.encoder import SparseMLM, build_model
+from dwt_lib.studies.results import read_log
+from dwt_lib.runs.registry import Run, outputs_dir
 from helpers import interrupt_at
-from dwt_lib.schedules import make_schedule
-from dwt_lib.studies import _base_key, all_run_names, base_arm_names, ensure_pretrained, named_run, study_runs
+from dwt_lib.config.schedules import make_schedule
+from dwt_lib.studies.identity import (_base_key, all_run_names, base_arm_names, ensure_pretrained, named_run, study_runs)
 
 RUN = {
     "pretrain.max_steps": 4, "pretrain.batch_size_per_device": 4, "pretrain.eval_batches": 1,
@@ -99,7 +100,7 @@ def test_a_profile_lists_all_its_arms(tmp_path):
 
 
 def test_plan_and_study_list_the_new_runs():
-    from dwt_lib.plan import format_plan, make_plan
+    from dwt_lib.studies.plan import format_plan, make_plan
     cfg = load_params("mini")
     text = format_plan(make_plan(cfg))
     for arm in cfg.studies.beyond:
@@ -328,8 +329,8 @@ def test_grow_run_starts_at_the_teacher_and_opens_its_gates(outputs):
 def test_figure_titles_count_the_resolved_differences(tmp_path):
     """Each notebook-06 figure says how many of its end-of-training differences are resolved: the same
     comparisons the summary counts (here the committed mini result, then with one marked resolved)."""
-    from dwt_lib import plots
-    from dwt_lib.runs import REPO
+    from dwt_lib.notebook import plots
+    from dwt_lib.core.paths import REPO
     res = json.loads((REPO / "outputs" / "mini" / "results" / "beyond.json").read_text())
     path = tmp_path / "results" / "beyond.json"
     path.parent.mkdir()

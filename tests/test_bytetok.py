@@ -7,10 +7,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from dwt_lib import bytetok
-from dwt_lib.config import load_params
-from dwt_lib.data import data_hash, load_tokenizer, mask_tokens, prepare_pretraining_data, vocab_size
-from dwt_lib.glue import load_glue
+from dwt_lib.data import bytetok
+from dwt_lib.config.schema import load_params
+from dwt_lib.data.prepare import data_hash, load_tokenizer, mask_tokens, prepare_pretraining_data, vocab_size
+from dwt_lib.data.glue import load_glue
 
 TEXT = "Héllo,  wörld!\tTab\nnew line ✓ 🙂 end "
 

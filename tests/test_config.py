@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from dwt_lib.config import PARAMS_DIR, Config, ConfigError, load_params
+from dwt_lib.config.schema import PARAMS_DIR, Config, ConfigError, load_params
 
 PAPER = PARAMS_DIR / "paper.yaml"
 
@@ -121,7 +121,7 @@ def test_profile_sizes_pick_a_width(tmp_path):
         """)
     c = load_params(path)
     assert c.model.sizes["narrow-student"] == {"layers": 6, "hidden": 128, "heads": 2}
-    from dwt_lib.studies import named_run
+    from dwt_lib.studies.identity import named_run
     base = load_params("smoke")
     # the run's identity carries the resolved shape: a new width (or a preset redefined) is a new run
     st = named_run(c, "student")
@@ -178,8 +178,8 @@ def test_short_hash_ignores_key_order_and_tracks_values(tmp_path):
 def test_per_task_finetune_settings_resolve_per_task(tmp_path):
     """lr / epochs / training cap per task; YAML's "5e-5" string read as a number; a fine-tuning run's
     identity holds only its own task's settings."""
-    from dwt_lib import studies
-    from dwt_lib.finetune import task_settings
+    from dwt_lib.studies import identity as studies
+    from dwt_lib.train.finetune import task_settings
     path = _child(tmp_path, "finetune:\n  tasks: [sst2, cola]\n  lr: 1.0e-4\n  max_train_examples: 64\n"
                   "  lr_per_task: {cola: 5e-5}\n  epochs_per_task: {cola: 3}\n"
                   "  max_train_examples_per_task: {sst2: 20000, cola: null}\n")

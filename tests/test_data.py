@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from dwt_lib import corpus, data
-from dwt_lib.config import load_params
+from dwt_lib.data import corpus, prepare as data
+from dwt_lib.config.schema import load_params
 
 # 4 documents per corpus of the sample: 1,104 sentences, so 1-in-4 sampling gives 276 > 200.
 SMALL = {"data.max_documents": 4, "data.max_sentences": 200, "data.vocab_size": 400,
@@ -306,7 +306,7 @@ def test_masking_is_fully_determined_by_the_generator(bert):
 # ----------------------------------------------------------------------------- cost before work
 
 def test_plan_estimates_data_preparation(small, tmp_path, monkeypatch):
-    from dwt_lib.plan import data_prep_estimate, format_data_estimate
+    from dwt_lib.studies.plan import data_prep_estimate, format_data_estimate
     got = data_prep_estimate(load_params("smoke", SMALL))                 # prepared: its own figures
     assert got["source"].startswith("measured") and got["words"] == small.stats["words_before_sampling"]
     assert got["blocks_bytes"] == (len(small.train) + len(small.validation)) * 32 * 2

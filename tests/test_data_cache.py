@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from dwt_lib import data, datacache
-from dwt_lib.config import load_params
+from dwt_lib.data import prepare as data, cache as datacache
+from dwt_lib.config.schema import load_params
 
 # The first 12 articles of the Wikipedia sample shipped with the package: no mirror needed.
 TINY = {"data.corpora": [{"id": "sample:corpora/wikipedia-en"}], "data.max_documents": 12, "data.max_sentences": None,
@@ -163,7 +163,7 @@ def test_sigkill_mid_build_then_rerun_gives_the_same_data(good, tmp_path):
     # however loaded the machine is (no race between the poll below and the build finishing).
     script = textwrap.dedent(f"""
         import time
-        from dwt_lib import data, datacache
+        from dwt_lib.data import prepare as data, cache as datacache
         from dwt_lib.config import load_params
         def stop(folder):
             (folder.parent / "paused").touch()

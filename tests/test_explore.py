@@ -10,10 +10,12 @@ import torch
 
 matplotlib.use("Agg")
 
-from dwt_lib import cli, explore, plots, results  # noqa: E402
-from dwt_lib.config import load_params  # noqa: E402
-from dwt_lib.runs import atomic_write_json, outputs_dir  # noqa: E402
-from dwt_lib.studies import named_run  # noqa: E402
+from dwt_lib import cli  # noqa: E402
+from dwt_lib.notebook import explore, plots
+from dwt_lib.studies import results
+from dwt_lib.config.schema import load_params  # noqa: E402
+from dwt_lib.runs.registry import atomic_write_json, outputs_dir  # noqa: E402
+from dwt_lib.studies.identity import named_run  # noqa: E402
 
 
 @pytest.fixture

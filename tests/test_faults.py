@@ -22,10 +22,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dwt_lib import checkpoints, cli, errors, preflight, runs
-from dwt_lib import pretrain as pt
-from dwt_lib.config import load_params
-from dwt_lib.studies import ensure_pretrained, named_run
+from dwt_lib.runs import checkpoints, registry as runs
+from dwt_lib import cli
+from dwt_lib.core import errors
+from dwt_lib.studies import preflight
+from dwt_lib.train import pretrain as pt
+from dwt_lib.config.schema import load_params
+from dwt_lib.studies.identity import ensure_pretrained, named_run
 from helpers import interrupt_at
 
 REPO = Path(__file__).resolve().parent.parent

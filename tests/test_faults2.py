@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from dwt_lib import checkpoints, cli, integrity, lab, runs
-from dwt_lib import pretrain as pt
-from dwt_lib.paths import pin_environment
+from dwt_lib.runs import checkpoints, integrity, registry as runs
+from dwt_lib import cli, lab
+from dwt_lib.train import pretrain as pt
+from dwt_lib.core.paths import pin_environment
 from dwt_lib.reproduce import notebook_profile
-from dwt_lib.studies import ensure_finetuned, ensure_pretrained, named_run
+from dwt_lib.studies.identity import ensure_finetuned, ensure_pretrained, named_run
 from test_faults import (FAULT, _no_checkpoints, assert_heals_to, cfg_of, finished, one_line,  # noqa: F401
                          outputs, quiet, reference, reference_dir, same_weights, sets, shared_data_cache, weights)
 
@@ -189,7 +190,7 @@ def test_a_cut_short_log_is_named(finished, capsys):
     log.write_text("".join(lines[:k]) + lines[k][: len(lines[k]) // 2])
     line = dwt(capsys, "runs", "--profile", "smoke", *sets(FAULT), "--plot", "student")
     assert str(log) in line and "is not a JSON object (cut short?)" in line
-    from dwt_lib import results
+    from dwt_lib.studies import results
     with pytest.raises(runs.DamagedFileError, match="cut short") as e:
         results.read_log(cfg, "student")
     assert e.value.where == str(log)

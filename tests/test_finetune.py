@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from dwt_lib import finetune as ft_mod
-from dwt_lib import models
-from dwt_lib.config import load_params
-from dwt_lib.data import load_tokenizer
+from dwt_lib.train import finetune as ft_mod
+from dwt_lib.models import encoder as models
+from dwt_lib.config.schema import load_params
+from dwt_lib.data.prepare import load_tokenizer
 
 
 @pytest.fixture(scope="module")

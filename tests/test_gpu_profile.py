@@ -13,8 +13,8 @@ import pytest
 import torch
 import yaml
 
-from dwt_lib.config import load_params
-from dwt_lib.studies import all_run_names, check_device, finetune_run, named_run, study_runs
+from dwt_lib.config.schema import load_params
+from dwt_lib.studies.identity import all_run_names, check_device, finetune_run, named_run, study_runs
 
 REPO = Path(__file__).resolve().parent.parent
 OFFLINE_TASKS = ["cola", "sst2", "mrpc", "stsb", "rte"]
@@ -70,7 +70,7 @@ def _flops_per_token(h, layers, vocab, seq, masked_frac, train=True):
 
 
 def test_plan_wall_time_is_flops_over_mfu_times_peak(gpu):
-    from dwt_lib.plan import make_plan
+    from dwt_lib.studies.plan import make_plan
     plan = make_plan(gpu)
     dt = plan["device_time"]
     S, V = gpu.data.max_seq_length, gpu.data.vocab_size
@@ -103,14 +103,14 @@ def test_plan_wall_time_is_flops_over_mfu_times_peak(gpu):
 
 
 def test_cpu_profiles_print_no_device_time():
-    from dwt_lib.plan import format_plan, make_plan
+    from dwt_lib.studies.plan import format_plan, make_plan
     assert "device_time" not in make_plan(load_params("smoke"))
     assert "expected on 1 device(s) of 989 TFLOP/s" in format_plan(make_plan(load_params("gpu")))
 
 
 def test_gpu_profile_refuses_a_machine_without_cuda(gpu, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    from dwt_lib.errors import PreflightError
+    from dwt_lib.core.errors import PreflightError
     with pytest.raises(PreflightError, match=r"launch\.device: cuda, but torch .* sees no CUDA GPU") as e:
         check_device(gpu)
     assert "--set launch.device=cpu" in str(e.value)
@@ -125,7 +125,7 @@ def test_gpu_profile_refuses_a_machine_without_cuda(gpu, monkeypatch, capsys):
 # A tiny version of the gpu profile: its own settings (bf16, dropout 0, launch) with the smoke data (the
 # package's sample, cached by the other tests) and the gpu profile's size names redefined to width 32 through model.sizes.
 def tiny_gpu(**extra):
-    from dwt_lib.config import jsonable
+    from dwt_lib.config.schema import jsonable
     smoke = load_params("smoke").data
     data = {f"data.{f.name}": jsonable(getattr(smoke, f.name)) for f in dataclasses.fields(smoke)}
     tiny = {"gpu-student": {"layers": 2, "hidden": 32, "heads": 2}, "gpu-teacher-4l": {"layers": 1, "hidden": 32, "heads": 2},
@@ -140,7 +140,7 @@ def tiny_gpu(**extra):
 
 
 def test_tiny_gpu_profile_trains_in_bf16_and_finetunes_in_parallel(tmp_path, monkeypatch):
-    from dwt_lib import studies
+    from dwt_lib.studies import identity as studies
     monkeypatch.setenv("DWT_OUTPUTS_DIR", str(tmp_path))
     cfg = tiny_gpu()
     seen = []
@@ -183,7 +183,7 @@ def test_gpu_bench_smoke(tmp_path):
 
 def test_git_commit_outside_git_comes_from_the_environment(tmp_path, monkeypatch):
     # the GPU machine gets a copy of the working tree without .git: the commit travels in DWT_GIT_COMMIT
-    from dwt_lib import runs
+    from dwt_lib.runs import registry as runs
     monkeypatch.setattr(runs, "REPO", tmp_path)
     monkeypatch.delenv("DWT_GIT_COMMIT", raising=False)
     assert runs.git_commit() == "unknown"
@@ -193,6 +193,6 @@ def test_git_commit_outside_git_comes_from_the_environment(tmp_path, monkeypatch
 
 def test_verdict_with_identical_seeds():
     # found by a tiny run of this profile: every seed at the majority baseline gives a zero standard error
-    from dwt_lib.spread import verdict      # the rule over both spreads (fine-tuning, pre-training seeds)
+    from dwt_lib.studies.spread import verdict  # the rule over both spreads (fine-tuning, pre-training seeds)
     assert verdict(0.0, 0.0, 0.0).endswith("every seed scored the same, so no error bar")
     assert verdict(3.0, 1.0, 0.5).endswith(": resolved") and "one fine-tuning seed" in verdict(1.0, float("nan"), 0.5)

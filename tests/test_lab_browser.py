@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from dwt_lib import lab
-from dwt_lib.runs import REPO
+from dwt_lib.core.paths import REPO
 
 pytestmark = pytest.mark.browser
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dwt_lib.losses import DWTLoss, dwt_loss, hard_loss, soft_loss
+from dwt_lib.models.losses import DWTLoss, dwt_loss, hard_loss, soft_loss
 
 V = 37
 

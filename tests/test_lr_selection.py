@@ -1,10 +1,10 @@
 """finetune.lr_grid: per-task learning rates chosen on the standalone student only (issue 10)."""
 import pytest
 
-from dwt_lib import studies
-from dwt_lib.config import ConfigError, load_params
-from dwt_lib.finetune import task_settings
-from dwt_lib.studies import finetune_run
+from dwt_lib.studies import identity as studies
+from dwt_lib.config.schema import ConfigError, load_params
+from dwt_lib.train.finetune import task_settings
+from dwt_lib.studies.identity import finetune_run
 
 
 def _fake_scores(monkeypatch, table):
@@ -59,7 +59,7 @@ def test_bad_grid_is_one_clear_error():
 
 
 def test_plan_counts_the_grid_runs():
-    from dwt_lib.plan import finetune_jobs
+    from dwt_lib.studies.plan import finetune_jobs
     cfg = load_params("smoke")
     n = len(finetune_jobs(cfg))
     grid = cfg.replace(**{"finetune.lr_grid": [1e-4, 2e-4, 4e-4]})

@@ -25,10 +25,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dwt_lib.config import ConfigError, load_params
-from dwt_lib.nodes import NodeError, node_rank, worker_command
-from dwt_lib.plan import device_time, format_plan, make_plan
-from dwt_lib.studies import ensure_pretrained, named_run
+from dwt_lib.config.schema import ConfigError, load_params
+from dwt_lib.studies.nodes import NodeError, node_rank, worker_command
+from dwt_lib.studies.plan import device_time, format_plan, make_plan
+from dwt_lib.studies.identity import ensure_pretrained, named_run
 
 REPO = Path(__file__).resolve().parent.parent
 SBATCH = REPO / "tools" / "slurm" / "dwt.sbatch"

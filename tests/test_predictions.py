@@ -5,10 +5,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dwt_lib import predictions, studies
-from dwt_lib.config import load_params
-from dwt_lib.sources import resolve
-from dwt_lib.runs import write_result
+from dwt_lib.notebook import predictions
+from dwt_lib.studies import identity as studies
+from dwt_lib.config.schema import load_params
+from dwt_lib.data.sources import resolve
+from dwt_lib.runs.registry import write_result
 
 TOKENIZER = resolve("sample:google-bert/bert-base-uncased")     # shipped with the package
 
@@ -39,7 +40,7 @@ def test_real_prediction_from_a_finished_teacher(tmp_path, monkeypatch):
     write_result(run.result_path, cfg, {"run": {"id": run.id}, "final_eval": {}})
     ids = tok("the cat sat on the mat because it was warm and the dog was not there at all",
               padding="max_length", max_length=24)["input_ids"]
-    monkeypatch.setattr("dwt_lib.data.prepare_pretraining_data",
+    monkeypatch.setattr("dwt_lib.data.prepare.prepare_pretraining_data",
                         lambda c: SimpleNamespace(validation=torch.tensor([ids])))
     p = predictions.teacher_prediction(cfg)
     assert p.real and p.kind == "a trained teacher's prediction" and run.id in p.source

@@ -25,12 +25,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from dwt_lib import pretrain as pt
-from dwt_lib import runs
-from dwt_lib.config import load_params
-from dwt_lib.models import SparseMLM, build_model, count_parameters
-from dwt_lib.schedules import make_schedule
-from dwt_lib.studies import ensure_pretrained, named_run, pretrain_run
+from dwt_lib.train import pretrain as pt
+from dwt_lib.runs import registry as runs
+from dwt_lib.config.schema import load_params
+from dwt_lib.models.encoder import SparseMLM, build_model, count_parameters
+from dwt_lib.config.schedules import make_schedule
+from dwt_lib.studies.identity import ensure_pretrained, named_run, pretrain_run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -72,7 +72,7 @@ def cli_env(outputs: Path) -> dict:
 # `dwt` with checkpoints.save wrapped: after the checkpoint of step `pause_at` is written the process
 # touches <outputs>/paused and sleeps, so a test kills it at a known point however loaded the machine is.
 PAUSING_CLI = """import os, runpy, sys, time
-from dwt_lib import checkpoints
+from dwt_lib.runs import checkpoints
 save, at = checkpoints.save, int(os.environ["DWT_TEST_PAUSE_AT"])
 def pausing(folder, state):
     path = save(folder, state)
@@ -149,7 +149,7 @@ def test_soft_weight_schedule_in_log(shared):
 
 
 def test_remap_init_copies_teacher(shared, monkeypatch):
-    import dwt_lib.remap as remap
+    import dwt_lib.models.remap as remap
     seen = {}
     real = remap.remap_parameters
 

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from dwt_lib.models import build_model
-from dwt_lib.remap import RANDOM, remap_parameters, source_key
+from dwt_lib.models.encoder import build_model
+from dwt_lib.models.remap import RANDOM, remap_parameters, source_key
 
 VOCAB = 120
 
@@ -93,7 +93,7 @@ def test_untouched_parameters_stay_untouched():
 ])
 def test_mismatch_raises(student_kw, key):
     from transformers import BertForMaskedLM
-    from dwt_lib.models import bert_config
+    from dwt_lib.models.encoder import bert_config
     teacher = build_model("tiny-teacher-1l", VOCAB)
     cfg = bert_config("tiny-student", VOCAB)
     for k, v in student_kw.items():

@@ -8,9 +8,10 @@ import time
 
 import pytest
 
-from dwt_lib import cli, runs
-from dwt_lib.config import load_params
-from dwt_lib.runs import Run, atomic_write_json, ensure, format_runs, list_runs
+from dwt_lib import cli
+from dwt_lib.runs import registry as runs
+from dwt_lib.config.schema import load_params
+from dwt_lib.runs.registry import Run, atomic_write_json, ensure, format_runs, list_runs
 
 
 @pytest.fixture
@@ -157,7 +158,7 @@ def test_git_commit_is_dirty_for_code_not_for_outputs():
     """A changed committed output (a reproduce rewrites them) is not dirty; a changed source file is."""
     import shutil
     import subprocess
-    from dwt_lib import runs
+    from dwt_lib.runs import registry as runs
     if shutil.which("git") is None or not (runs.REPO / ".git").exists():
         pytest.skip("not a git checkout")
     if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=runs.REPO,

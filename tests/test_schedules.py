@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from dwt_lib.schedules import ScheduleError, make_schedule
+from dwt_lib.config.schedules import ScheduleError, make_schedule
 
 T = 1000
 

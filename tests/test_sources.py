@@ -12,9 +12,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from dwt_lib import corpus, data, sources
-from dwt_lib.config import ConfigError, CorpusSource, load_params
-from dwt_lib.runs import write_result
+from dwt_lib.data import corpus, prepare as data, sources
+from dwt_lib.config.schema import ConfigError, CorpusSource, load_params
+from dwt_lib.runs.registry import write_result
 
 REPO = Path(__file__).resolve().parent.parent
 

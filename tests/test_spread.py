@@ -5,10 +5,11 @@ import math
 import numpy as np
 import pytest
 
-from dwt_lib import plots, spread, studies
-from dwt_lib.config import ConfigError, load_params
-from dwt_lib.plan import make_plan
-from dwt_lib.premise import premise, premise_check
+from dwt_lib.notebook import plots
+from dwt_lib.studies import spread, identity as studies
+from dwt_lib.config.schema import ConfigError, load_params
+from dwt_lib.studies.plan import make_plan
+from dwt_lib.studies.premise import premise, premise_check
 
 SEEDS = {"studies.pretrain_seeds": {"student": [42, 43], "dwt-weak": [42, 43]}}
 
@@ -132,7 +133,7 @@ def _curves(gap_fn, n=10, t_end=2.4e6, base=6.5):
 
 
 def test_gap_trend_recovers_a_log_linear_gap_and_its_budget():
-    from dwt_lib.premise import gap_trend
+    from dwt_lib.studies.premise import gap_trend
     a, b = -0.15, 0.012                                  # gap = a + b ln t: 0.026 at 2.4M tokens
     tr = gap_trend(_curves(lambda t: a + b * math.log(t)), "student", "teacher-weak", need=0.05)
     assert tr["fit"][0] == pytest.approx(a, abs=1e-9) and tr["fit"][1] == pytest.approx(b, abs=1e-9)
@@ -142,7 +143,7 @@ def test_gap_trend_recovers_a_log_linear_gap_and_its_budget():
 
 
 def test_gap_trend_fits_only_the_second_half():
-    from dwt_lib.premise import gap_trend
+    from dwt_lib.studies.premise import gap_trend
     # a big early gap that closes, then a flat 0.02: the fit sees only the flat part -> not growing
     tr = gap_trend(_curves(lambda t: 0.3 if t < 1.1e6 else 0.02), "student", "teacher-weak", need=0.05)
     assert tr["fit"][1] == pytest.approx(0.0, abs=1e-12) and tr["tokens_needed"] is None
@@ -155,7 +156,7 @@ def test_gap_trend_fits_only_the_second_half():
     (lambda t: 0.02 + 0.01 * math.log(t), float("nan"), None),   # one seed: the required gap is unknown
 ])
 def test_gap_trend_edge_cases(gap, need, expect):
-    from dwt_lib.premise import gap_trend
+    from dwt_lib.studies.premise import gap_trend
     tr = gap_trend(_curves(gap), "student", "teacher-weak", need=need)
     if expect == "now":
         assert tr["tokens_needed"] == tr["tokens_now"]
@@ -179,7 +180,7 @@ def test_premise_check_reports_the_extrapolated_budget():
 # ----------------------------------------------------------------------------- the evaluation's resolving power
 
 def _eval_res(student_means, baselines, student_avgs, teacher_avgs):
-    from dwt_lib import spread as sp
+    from dwt_lib.studies import spread as sp
     scores = [{"run": "student", "fraction": 1.0, "task": t, "mean": m, "majority_baseline": b}
               for t, m, b in zip(["sst2", "cola", "mrpc"], student_means, baselines)]
     cmp = sp.compare((teacher_avgs, teacher_avgs[:1]), (student_avgs, student_avgs[:2]))
@@ -188,7 +189,7 @@ def _eval_res(student_means, baselines, student_avgs, teacher_avgs):
 
 
 def test_evaluation_check_passes_when_the_student_clears_baselines_and_the_smallest_teacher():
-    from dwt_lib.results import evaluation_check
+    from dwt_lib.studies.results import evaluation_check
     e = evaluation_check(_eval_res([80.0, 12.0, 68.0], [50.9, 0.0, 68.4], [60.0, 60.5, 61.0], [55.0, 55.2, 54.8]))
     assert e["ok"] and e["tasks_below_baseline"] == ["mrpc"]          # one task at the baseline is allowed
     assert e["lead_over_smallest_teacher"] == pytest.approx(5.5)
@@ -201,6 +202,6 @@ def test_evaluation_check_passes_when_the_student_clears_baselines_and_the_small
     ([80.0, 12.0, 70.0], [55.0, 55.2, 54.8], [60.0, 60.5, 61.0]),   # the smallest teacher is better
 ])
 def test_evaluation_check_fails_and_says_so(means, student, teacher):
-    from dwt_lib.results import evaluation_check
+    from dwt_lib.studies.results import evaluation_check
     e = evaluation_check(_eval_res(means, [50.9, 0.0, 68.4], student, teacher))
     assert not e["ok"] and "cannot resolve" in e["text"]

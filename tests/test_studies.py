@@ -6,9 +6,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from dwt_lib import plots, results, spread, studies
-from dwt_lib.config import load_params
-from dwt_lib.plan import format_plan, make_plan
+from dwt_lib.notebook import plots
+from dwt_lib.studies import results, spread, identity as studies
+from dwt_lib.config.schema import load_params
+from dwt_lib.studies.plan import format_plan, make_plan
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = {"pretrain.max_steps": 4, "pretrain.log_every": 2, "pretrain.eval_every": 4, "pretrain.checkpoint_every": 4,
@@ -66,13 +67,13 @@ def test_study_writes_result_figures_and_reuses_runs(outdir, monkeypatch):
     assert "PR X" in text and "Remap check" in text
 
     # Second time: everything is reused, nothing trains.
-    import dwt_lib.finetune
-    import dwt_lib.pretrain
+    import dwt_lib.train.finetune
+    import dwt_lib.train.pretrain
 
     def boom(*a, **k):
         raise AssertionError("trained again")
-    monkeypatch.setattr(dwt_lib.pretrain, "train", boom)
-    monkeypatch.setattr(dwt_lib.finetune, "finetune", boom)
+    monkeypatch.setattr(dwt_lib.train.pretrain, "train", boom)
+    monkeypatch.setattr(dwt_lib.train.finetune, "finetune", boom)
     again = results.over_training(cfg, "param_remap", progress=False)
     assert again["scores"] == res["scores"]
 
@@ -148,7 +149,8 @@ def test_reproduce_failing_cell_names_notebook_and_cell(tmp_path, monkeypatch, c
 
 def test_run_identity_follows_the_processed_data(monkeypatch):
     """A change of the data code (another tokenizer) or of the dataset read gives another run id."""
-    from dwt_lib import data, studies
+    from dwt_lib.data import prepare as data
+    from dwt_lib.studies import identity as studies
     cfg = load_params("smoke")
     before = studies.named_run(cfg, "student").id
     monkeypatch.setattr(data, "DATA_CODE_VERSION", data.DATA_CODE_VERSION + 1)

@@ -1,0 +1,237 @@
+"""The arms of notebook 06 ("beyond the paper"): what the paper suggests or never ran, as profile data.
+
+``studies.beyond`` maps an arm name to its settings; each arm is one pre-training run of the student,
+``beyond-<arm>``, compared with the runs it names in ``against``. Unset keys take the profile's
+(``distill.alpha_soft``, ``distill.temperature``), the teacher as the target and random initialisation::
+
+    aware: {question: soft_weight, teacher: weak, against: [soft-normal],
+            alpha_soft: {kind: teacher_aware, schedule: {kind: constant, value: 1.0},
+                         floor: 0.0, decay_fraction: 0.1, ema: 0.98}}
+    smoothed: {question: teacher_free, target: {kind: smoothed, epsilon: 0.1}, against: [dwt-weak, student]}
+    grow: {question: growth, teacher: weak, init: {kind: grow, ramp_fraction: 0.1}, against: [remap-weak]}
+
+This module holds the pieces the training loop needs for them: the teacher-aware soft weight
+(:class:`TeacherAwareWeight`) and the label-smoothed target that stands in for a teacher
+(:class:`SmoothedTarget`); growth is :mod:`dwt_lib.growth`. The study itself (fine-tuning, spreads,
+summaries) is :mod:`dwt_lib.beyond_study`.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from dwt_lib.config.schedules import KINDS as SCHEDULE_KINDS
+from dwt_lib.config.schedules import make_schedule
+
+#: The questions of notebook 06, in order: an arm's ``question`` is one of these.
+QUESTIONS = ("soft_weight", "temperature", "teacher_free", "growth")
+ARM_KEYS = ("question", "teacher", "alpha_soft", "temperature", "target", "init", "against")
+TARGET_KINDS = ("teacher", "smoothed")
+INIT_KINDS = ("random", "remap", "grow")
+ALPHA_KINDS = SCHEDULE_KINDS + ("teacher_aware",)
+_AWARE_KEYS = {"schedule", "floor", "decay_fraction", "ema"}
+PREFIX = "beyond-"
+
+
+def run_name(arm: str) -> str:
+    """The run name of an arm: ``beyond-<arm>``."""
+    return PREFIX + arm
+
+
+# ----------------------------------------------------------------------------- the profile's arms
+
+def target_of(spec: dict) -> dict:
+    return dict(spec.get("target") or {"kind": "teacher"})
+
+
+def init_of(spec: dict) -> dict:
+    return dict(spec.get("init") or {"kind": "random"})
+
+
+def check_arms(cfg, src: str) -> None:
+    """Every arm of ``studies.beyond``: known keys and kinds, a teacher of the profile where the target
+    is the teacher, ``against`` naming runs of the profile. One :class:`~dwt_lib.config.ConfigError`
+    naming the file, the key path and what is allowed."""
+    from dwt_lib.config.schema import ConfigError
+    from dwt_lib.config.rules import _check_schedule
+
+    def fail(key: str, msg: str):
+        raise ConfigError(f"{src}: studies.beyond.{key}: {msg}")
+
+    from dwt_lib.studies.identity import base_arm_names
+    known_runs = base_arm_names(cfg)
+    for arm, spec in cfg.studies.beyond.items():
+        if not isinstance(spec, dict):
+            fail(arm, f"expected a mapping of {', '.join(ARM_KEYS)}, got {spec!r}")
+        extra = sorted(set(spec) - set(ARM_KEYS))
+        if extra:
+            fail(f"{arm}.{extra[0]}", f"unknown key (allowed: {', '.join(ARM_KEYS)})")
+        if spec.get("question") not in QUESTIONS:
+            fail(f"{arm}.question", f"expected one of {', '.join(QUESTIONS)}, got {spec.get('question')!r}")
+        target, init = target_of(spec), init_of(spec)
+        if target.get("kind") not in TARGET_KINDS:
+            fail(f"{arm}.target.kind", f"unknown kind {target.get('kind')!r} (known: {', '.join(TARGET_KINDS)})")
+        if target["kind"] == "smoothed":
+            if set(target) != {"kind", "epsilon"}:
+                fail(f"{arm}.target", f"smoothed takes keys kind, epsilon, got {sorted(target)}")
+            if not _number(target["epsilon"]) or not 0 < target["epsilon"] < 1:
+                fail(f"{arm}.target.epsilon", f"expected a fraction in (0, 1), got {target['epsilon']!r}")
+            if spec.get("teacher") is not None:
+                fail(f"{arm}.teacher", "a smoothed target needs no teacher: leave teacher out (or null)")
+            if cfg.distill.soft_loss_positions != "masked":
+                fail(f"{arm}.target", "a smoothed target needs labels, so distill.soft_loss_positions: masked")
+        elif set(target) != {"kind"}:
+            fail(f"{arm}.target", f"teacher takes no settings, got {sorted(target)}")
+        elif spec.get("teacher") not in cfg.model.teachers:
+            fail(f"{arm}.teacher", f"expected a teacher role of model.teachers ({', '.join(cfg.model.teachers)}), "
+                                   f"got {spec.get('teacher')!r}")
+        if init.get("kind") not in INIT_KINDS:
+            fail(f"{arm}.init.kind", f"unknown kind {init.get('kind')!r} (known: {', '.join(INIT_KINDS)})")
+        if init["kind"] != "random" and target["kind"] != "teacher":
+            fail(f"{arm}.init", f"init {init['kind']} copies a teacher: it needs target kind teacher")
+        if init["kind"] == "grow":
+            _check_grow(cfg, arm, spec, init, fail)
+        elif set(init) != {"kind"}:
+            fail(f"{arm}.init", f"{init['kind']} takes no settings, got {sorted(init)}")
+        _check_alpha(spec.get("alpha_soft"), f"{arm}.alpha_soft", target, fail, src)
+        if spec.get("temperature") is not None:
+            if not isinstance(spec["temperature"], dict):
+                fail(f"{arm}.temperature", f"expected a schedule mapping with a kind ({', '.join(SCHEDULE_KINDS)}), "
+                                           f"e.g. {{kind: constant, value: 2.0}}, got {spec['temperature']!r}")
+            _check_schedule(spec["temperature"], src, f"studies.beyond.{arm}.temperature", positive=True)
+        against = spec.get("against") or []
+        if not isinstance(against, list) or not against:
+            fail(f"{arm}.against", "expected a non-empty list of run names to compare with")
+        for name in against:
+            if name not in known_runs and not (name.startswith(PREFIX) and name[len(PREFIX):] in cfg.studies.beyond):
+                fail(f"{arm}.against", f"unknown run {name!r} (runs of this profile: {', '.join(known_runs)})")
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_grow(cfg, arm, spec, init, fail) -> None:
+    if set(init) != {"kind", "ramp_fraction"}:
+        fail(f"{arm}.init", f"grow takes keys kind, ramp_fraction, got {sorted(init)}")
+    r = init["ramp_fraction"]
+    first = min(cfg.pretrain.snapshot_fractions)
+    if not _number(r) or not 0 < r <= first:
+        fail(f"{arm}.init.ramp_fraction", f"expected a fraction in (0, {first:g}] (at most the first snapshot "
+             f"fraction, so every snapshot is a plain BERT with its new layers fully on), got {r!r}")
+    # Widths are checked when the run starts (growth.grow, like remapping): a profile whose student is wider
+    # than its teachers stays valid for every other arm.
+
+
+def _check_alpha(spec, key, target, fail, src) -> None:
+    from dwt_lib.config.rules import _check_schedule
+    if spec is None:
+        return
+    if not isinstance(spec, dict) or spec.get("kind") not in ALPHA_KINDS:
+        kind = spec.get("kind") if isinstance(spec, dict) else spec
+        fail(key, f"unknown kind {kind!r} (known: {', '.join(ALPHA_KINDS)})")
+    if spec["kind"] != "teacher_aware":
+        _check_schedule(spec, src, f"studies.beyond.{key}", positive=False)
+        return
+    if set(spec) - {"kind"} != _AWARE_KEYS:
+        fail(key, f"teacher_aware takes keys {', '.join(sorted(_AWARE_KEYS))}, got {sorted(set(spec) - {'kind'})}")
+    if target["kind"] != "teacher":
+        fail(key, "teacher_aware compares the student with the teacher: it needs target kind teacher")
+    if not isinstance(spec["schedule"], dict) or spec["schedule"].get("kind") == "teacher_aware":
+        fail(key + ".schedule", "expected a schedule (" + ", ".join(SCHEDULE_KINDS) + "), got teacher_aware")
+    if not _number(spec["floor"]) or spec["floor"] < 0:
+        fail(key + ".floor", f"expected a number >= 0, got {spec['floor']!r}")
+    if not _number(spec["decay_fraction"]) or not 0 < spec["decay_fraction"] <= 1:
+        fail(key + ".decay_fraction", f"expected a fraction of training in (0, 1], got {spec['decay_fraction']!r}")
+    if not _number(spec["ema"]) or not 0 <= spec["ema"] < 1:
+        fail(key + ".ema", f"expected a decay in [0, 1), got {spec['ema']!r}")
+
+
+def run_settings(cfg, arm: str) -> dict:
+    """Keyword arguments of :func:`dwt_lib.studies.pretrain_run` for an arm (the teacher as a role)."""
+    spec = cfg.studies.beyond[arm]
+    target, init = target_of(spec), init_of(spec)
+    out = {"teacher_role": spec.get("teacher") if target["kind"] == "teacher" else None,
+           "init": init["kind"], "alpha_soft": spec.get("alpha_soft"), "temperature": spec.get("temperature")}
+    if target["kind"] != "teacher":
+        out["target"] = target
+    if init["kind"] == "grow":
+        out["grow"] = {"ramp_fraction": init["ramp_fraction"]}
+    return out
+
+
+# ----------------------------------------------------------------------------- teacher-aware soft weight
+
+def aware_weight(step: int, total: int, spec: dict, crossed_at: Optional[int], schedule=None) -> float:
+    """a_s at ``step`` for ``{kind: teacher_aware, schedule, floor, decay_fraction}``: the schedule while
+    the student is behind (``crossed_at`` None, or not reached yet); from ``crossed_at`` on, linear from
+    the schedule's value to ``floor`` over ``decay_steps = max(1, round(decay_fraction * total))``, then
+    ``floor``. A pure function of the step and the logged crossing step. ``schedule``: ``spec["schedule"]``
+    already built (:class:`TeacherAwareWeight` builds it once, not at every step)."""
+    base = (schedule or make_schedule(spec["schedule"]))(step, total)
+    if crossed_at is None or step < crossed_at:
+        return base
+    k = min((step - crossed_at) / decay_steps(spec, total), 1.0)
+    return base + (float(spec["floor"]) - base) * k
+
+
+def decay_steps(spec: dict, total: int) -> int:
+    return max(1, round(float(spec["decay_fraction"]) * total))
+
+
+class TeacherAwareWeight:
+    """The soft weight of a ``teacher_aware`` spec, with the state it depends on.
+
+    ``state`` holds running means (EMA, decay ``ema``; the first value starts each) of the student's and
+    the teacher's hard loss on the same masked tokens, and ``crossed_at``: the first step after the one at
+    which the student's EMA fell below the teacher's (latched: the weight never climbs back). The weight
+    of step ``s`` is :func:`aware_weight` of the state after steps ``< s``; ``update`` adds step ``s``'s
+    losses. ``state`` is plain floats, saved in every checkpoint, so a resumed run continues identically.
+    """
+
+    def __init__(self, spec: dict, total: int):
+        self.spec, self.total = dict(spec), total
+        self.schedule = make_schedule(spec["schedule"])
+        self.state = {"ema_student": None, "ema_teacher": None, "crossed_at": None}
+
+    def __call__(self, step: int, total: Optional[int] = None) -> float:
+        return aware_weight(step, total or self.total, self.spec, self.state["crossed_at"], self.schedule)
+
+    def update(self, step: int, student_hard: float, teacher_hard: float) -> None:
+        b, st = float(self.spec["ema"]), self.state
+        for k, x in (("ema_student", float(student_hard)), ("ema_teacher", float(teacher_hard))):
+            st[k] = x if st[k] is None else b * st[k] + (1 - b) * x
+        if st["crossed_at"] is None and st["ema_student"] < st["ema_teacher"]:
+            st["crossed_at"] = step + 1
+
+    def log(self) -> dict:
+        return {"ema_student": self.state["ema_student"], "ema_teacher": self.state["ema_teacher"]}
+
+
+def soft_weight(spec: dict, total: int):
+    """a_s as ``f(step, total)``: a :class:`TeacherAwareWeight` for ``teacher_aware``, else the schedule."""
+    return TeacherAwareWeight(spec, total) if spec.get("kind") == "teacher_aware" else make_schedule(dict(spec))
+
+
+# ----------------------------------------------------------------------------- label-smoothed target
+
+class SmoothedTarget:
+    """A teacher-free target (Yuan et al., 2020, "Tf-KD"): for a masked token with label y, the
+    distribution ``(1 - epsilon) * onehot(y) + epsilon / V``, given as logits (its log), so the soft loss
+    is the same KL as towards a teacher: at tau = 1 ``KL(q || p_student)``; at tau the softened
+    ``softmax(log q / tau)``. Called with the labels of the selected positions, where a teacher is
+    called with the inputs."""
+
+    uses_labels = True
+
+    def __init__(self, vocab_size: int, epsilon: float):
+        self.vocab_size, self.epsilon = int(vocab_size), float(epsilon)
+
+    def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        if bool((y < 0).any()):
+            raise ValueError("a smoothed target needs a label at every selected position (soft loss on masked "
+                             "tokens only)")
+        q = torch.full((len(y), self.vocab_size), self.epsilon / self.vocab_size, device=y.device)
+        q[torch.arange(len(y), device=y.device), y] += 1.0 - self.epsilon
+        return q.log()

@@ -1,0 +1,1 @@
+"""Layer 6, notebook: figures, the notebooks' knobs and the teacher-prediction view."""

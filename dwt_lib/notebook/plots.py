@@ -1,0 +1,420 @@
+"""Figures, drawn only from result files (``outputs/<profile>/results/*.json``).
+
+Every function takes the path of a result file, draws, saves PNG and SVG under
+``outputs/<profile>/figures/`` and returns the figure. No number is typed in here: the
+paper's reported values come from the result file too, where they are labelled as the paper's.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import matplotlib.ticker
+
+from dwt_lib.runs.registry import read_json, read_log
+
+COLORS = {"teacher": "#4C72B0", "student": "#C44E52", "dwt": "#55A868", "soft-normal": "#55A868",
+          "soft-strong": "#DD8452", "soft-decay": "#8172B3", "remap": "#937860"}
+STYLE = {"axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
+         "font.size": 10, "figure.dpi": 110, "savefig.bbox": "tight"}
+
+
+@contextmanager
+def style():
+    """``plt.rc_context(STYLE)`` with pyplot's backend resolved before the context opens.
+
+    In a fresh Jupyter kernel pyplot picks its backend lazily, at the first figure. If that happens inside an
+    ``rc_context``, the inline backend switches interactive mode on inside the context and the context's exit
+    switches it off again: from then on no pyplot figure displays by itself, neither the library's nor a reader's
+    own ``plt.plot`` (the executed notebooks showed only their first figure). Resolving the backend first keeps
+    the mode it sets. ``pyplot._get_backend_mod`` resolves it once and is a no-op afterwards (unlike
+    ``switch_backend``, which would close the figures already open)."""
+    plt._get_backend_mod()
+    with plt.rc_context(STYLE):
+        yield
+
+
+def figures_dir(result_path: Path) -> Path:
+    """``outputs/<profile>/figures`` next to the ``results`` folder of a result file."""
+    return Path(result_path).parent.parent / "figures"
+
+
+def save(fig, result_path: Path, name: str) -> list[Path]:
+    """Save ``fig`` as ``<name>.png`` and ``<name>.svg`` in the profile's figures folder."""
+    d = figures_dir(result_path)
+    d.mkdir(parents=True, exist_ok=True)
+    paths = [d / f"{name}.png", d / f"{name}.svg"]
+    for p in paths:
+        fig.savefig(p)
+    return paths
+
+
+def _color(run: str) -> str:
+    for k in (run, run.split("-")[0]):
+        if k in COLORS:
+            return COLORS[k]
+    return "#333333"
+
+
+def teacher_quality(result_path: Path):
+    """Fig. 2: GLUE average against parameter count; an arrow from each teacher to its DWT student,
+    labelled with the gain over the standalone student."""
+    res = read_json(result_path)
+    runs = res["runs"]
+    with style():
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name, r in runs.items():
+            kind = name.split("-")[0]
+            marker = {"teacher": "o", "student": "*", "dwt": "s"}[kind]
+            ax.scatter(r["params"] / 1e6, r["glue_avg"], s=160 if kind == "student" else 70, marker=marker,
+                       color=_color(name), zorder=3, label={"teacher": "teachers (alone)", "student":
+                       "student (alone)", "dwt": "students with DWT"}[kind])
+            if kind == "teacher":
+                ax.annotate(name, (r["params"] / 1e6, r["glue_avg"]), textcoords="offset points", xytext=(6, -12),
+                            fontsize=8, color="#444444")
+        for role in res["roles"]:
+            t, s = runs[f"teacher-{role}"], runs[f"dwt-{role}"]
+            g = res["dwt_gain"][role]
+            ax.annotate("", xy=(s["params"] / 1e6, s["glue_avg"]), xytext=(t["params"] / 1e6, t["glue_avg"]),
+                        arrowprops=dict(arrowstyle="->", color="#888888", lw=1, shrinkA=6, shrinkB=6))
+            # 40% of the way from the teacher: clear of the next teacher's name, which sits near the midpoint
+            mid = ((0.6 * t["params"] + 0.4 * s["params"]) / 1e6, 0.6 * t["glue_avg"] + 0.4 * s["glue_avg"])
+            cmp = res.get("dwt_gain_compare", {}).get(role)
+            ok = bool(cmp and cmp["resolved"])
+            big = max(cmp["se_finetune"], cmp["se_pretrain"]) if cmp else float("nan")
+            noise = f" ({abs(g) / big:.1f} SE)" if not ok and big > 0 else (" (?)" if not ok else "")
+            # grey: not resolved (the title counts the resolved ones)
+            ax.annotate(f"{g:+.2f}{noise}, paper {res['paper']['dwt_gain'][role]:+.2f}",
+                        mid, fontsize=8, color=("#2a7a3a" if g > 0 else "#a33") if ok else "#777777", ha="center",
+                        bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.8))
+        # students share one x: list them in a column to the right instead of labels on top of each other
+        studs = sorted((n for n in runs if not n.startswith("teacher-")), key=lambda n: -runs[n]["glue_avg"])
+        x = runs["student"]["params"] / 1e6
+        for i, n in enumerate(studs):
+            ax.annotate(f"{n}: {runs[n]['glue_avg']:.2f}", (x, runs[n]["glue_avg"]), fontsize=8, color=_color(n),
+                        xytext=(1.02, 0.95 - 0.07 * i), textcoords="axes fraction", va="top",
+                        arrowprops=dict(arrowstyle="-", color=_color(n), lw=0.5, alpha=0.5))
+        ax.axhline(runs["student"]["glue_avg"], color=COLORS["student"], lw=0.8, ls="--", alpha=0.6)
+        h, lab = ax.get_legend_handles_labels()
+        uniq = dict(zip(lab, h))
+        ax.legend(uniq.values(), uniq.keys(), loc="best", fontsize=8)
+        ax.set_xlabel("parameters (M)")
+        ax.set_ylabel(f"GLUE average ({', '.join(res['tasks'])})")
+        n_ok = sum(bool((res.get("dwt_gain_compare", {}).get(r) or {}).get("resolved")) for r in res["roles"])
+        ax.set_title(f"Teacher quality ({res['provenance']['profile']} profile): DWT gain over the standalone student; "
+                     f"{n_ok} of {len(res['roles'])} resolved (> 2 SE)", fontsize=10)
+        save(fig, result_path, "03_teacher_quality")
+    return fig
+
+
+def premise_curves(result_path: Path):
+    """The paper's premise (teachers worse than the standalone student): held-out MLM loss and masked-token
+    accuracy against tokens seen for the standalone student (every pre-training seed) and each teacher,
+    from the curves in ``results/teacher_quality.json``; the verdict of :func:`dwt_lib.premise.premise`
+    in the title."""
+    from dwt_lib.studies.premise import premise
+    from dwt_lib.studies.identity import split_seed
+    res = read_json(result_path)
+    p = premise(res)
+    blues = ["#1f3b73", "#4C72B0", "#8fb0e0", "#c5d6f0"]
+    colour = {n: blues[min(i, len(blues) - 1)] for i, n in enumerate(p["order"][1:])}
+    colour["student"] = COLORS["student"]
+    with style():
+        fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+        for run, curve in res.get("curves", {}).items():
+            arm, seed = split_seed(run)
+            if not curve or arm not in colour:
+                continue
+            x = [c["tokens"] / 1e6 for c in curve]
+            label = None if seed is not None else (f"{arm} ({len(p['student_seeds'])} pre-training seed(s))"
+                                                   if arm == "student" else arm)
+            kw = dict(color=colour[arm], lw=2 if arm == "student" else 1.4, ls="--" if seed is not None else "-",
+                      marker=".", label=label)
+            axes[0].plot(x, [c["mlm_loss"] for c in curve], **kw)
+            axes[1].plot(x, [100 * c["mlm_accuracy"] for c in curve], **kw)
+        axes[0].set_ylabel("held-out MLM loss (nats)")
+        axes[1].set_ylabel("held-out masked-token accuracy (%)")
+        for ax in axes:
+            ax.set_xlabel("tokens seen (M)")
+        axes[0].legend(fontsize=8)
+        _premise_gaps(axes[2], p, colour)
+        gaps = ", ".join(f"{g['gap']:+.3f}" for g in p["gaps"])
+        verdict = "holds" if p["holds"] else "does not hold"
+        need = (f"needed ≥ {p['required_gap']:.3f}" if p["required_gap"] == p["required_gap"]
+                else "one pre-training seed: spread unknown")
+        fig.suptitle(f"Premise {verdict}: final held-out loss gaps, student to each weaker teacher in turn, {gaps} "
+                     f"nats ({need}); {res['provenance']['profile']} profile", fontsize=10)
+        fig.tight_layout()
+        save(fig, result_path, "03_premise")
+    return fig
+
+
+def _premise_gaps(ax, p: dict, colour: dict) -> None:
+    """Each adjacent gap (higher-loss model minus lower) against tokens, log scale, with its fitted trend
+    over the second half of the run extended (dotted: an extrapolation) to where it reaches the required gap."""
+    import math
+
+    from dwt_lib.studies.premise import TREND_FROM
+    need = p["required_gap"]
+    t_max = 0.0
+    for g in p["gaps"]:
+        tr = g["trend"]
+        if not tr["points"]:
+            continue
+        c = colour.get(g["higher"], "grey")
+        lo = "student" if g["lower"] == "student" else g["lower"][8:]
+        ax.plot([t / 1e6 for t, _ in tr["points"]], [y for _, y in tr["points"]], marker=".", color=c, lw=1.4,
+                label=f"{g['higher'][8:]} − {lo}")
+        t_max = max(t_max, tr["points"][-1][0])
+        if tr["fit"] is not None and not g["ok"]:
+            a, b = tr["fit"]
+            t0 = TREND_FROM * tr["tokens_now"]                # where the fit starts (the run's second half)
+            t1 = tr["tokens_needed"] if tr["tokens_needed"] and not tr["beyond"] else 30 * tr["tokens_now"]
+            ts = [t0 * (t1 / t0) ** (i / 40) for i in range(41)]
+            ax.plot([t / 1e6 for t in ts], [a + b * math.log(t) for t in ts], ls=":", color=c, lw=1.2)
+            if tr["tokens_needed"] and not tr["beyond"] and tr["tokens_needed"] > tr["tokens_now"]:
+                ax.plot([tr["tokens_needed"] / 1e6], [need], marker="o", color=c, mfc="white")
+    if need == need:
+        ax.axhline(need, color="black", lw=0.8, ls="--", label=f"required gap {need:.3f}")
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_ylabel("loss gap (nats; > 0: the larger model is better)")
+    ax.set_title("gaps, and their trend extrapolated (dotted)", fontsize=9)
+    ax.legend(fontsize=7)
+
+
+def over_training(result_path: Path, name: str):
+    """Fig. 3 / 4: per-task fine-tuning score at each pre-training snapshot, one panel per task,
+    mean over seeds with the seed range shaded. A task on which no model beats its majority-class baseline
+    gets a panel that says so (and the baseline) instead of flat lines."""
+    from dwt_lib.studies.results import baseline_tasks
+    res = read_json(result_path)
+    tasks = res["tasks"]
+    dead = set(baseline_tasks(res["scores"]))
+    with style():
+        # constrained layout keeps the figure title clear of the panel titles
+        fig, axes = plt.subplots(1, len(tasks), figsize=(3.4 * len(tasks), 3.4), squeeze=False,
+                                 layout="constrained")
+        handles = {}
+        for ax, task in zip(axes[0], tasks):
+            ax.set_title(task.upper())
+            ax.set_xlabel("fraction of pre-training")
+            ax.set_xticks(res["fractions"])
+            if task in dead:
+                base = [s.get("majority_baseline") or 0.0 for s in res["scores"] if s["task"] == task]
+                b = sum(base) / len(base)
+                ax.axhline(b, color="#888888", ls="--", lw=1)
+                ax.set_xlim(min(res["fractions"]) - 0.1, max(res["fractions"]) + 0.1)
+                ax.set_ylim(b - 10, b + 10)
+                ax.set_yticks([b])
+                ax.text(0.5, 0.5, f"every model at the majority-class\nbaseline ({b:.1f}, dashed):\n"
+                        f"no transfer to compare on {task.upper()}", transform=ax.transAxes, ha="center",
+                        va="center", fontsize=9, color="#444444",
+                        bbox=dict(boxstyle="round,pad=0.4", fc="#f4f4f4", ec="#cccccc"))
+                continue
+            for run in res["runs"]:
+                pts = sorted((s["fraction"], s["mean"], min(s["scores"]), max(s["scores"]))
+                             for s in res["scores"] if s["run"] == run and s["task"] == task)
+                if not pts:
+                    continue
+                x, m, lo, hi = zip(*pts)
+                label = _label(run, res)
+                handles[label] = ax.plot(x, m, marker="o", color=_color(run), label=label)[0]
+                ax.fill_between(x, lo, hi, color=_color(run), alpha=0.15, lw=0)
+        axes[0][0].set_ylabel("validation score")
+        if handles:
+            fig.legend(handles.values(), handles.keys(), fontsize=8, loc="outside right center")
+        from dwt_lib.studies.results import over_training_comparisons
+        comps = over_training_comparisons(res)
+        said = (f"\n{sum(c['resolved'] for c in comps)} of {len(comps)} differences resolved (> 2 SE)"
+                if comps else "")
+        fig.suptitle(f"{_title(res)} ({res['provenance']['profile']} profile; {len(res['seeds'])} seed(s)){said}",
+                     fontsize=10)
+        save(fig, result_path, name)
+    return fig
+
+
+def loss_curves(result_path: Path, name: str):
+    """Pre-training hard (MLM) and soft (KL) loss against step for each run of a study, with a_s."""
+    res = read_json(result_path)
+    with style():
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+        for run, log in res["logs"].items():
+            if not log:
+                continue
+            step = [r["step"] for r in log]
+            c, label = _color(run), _label(run, res)
+            axes[0].plot(step, [r["hard"] for r in log], color=c, label=label)
+            axes[1].plot(step, [r["soft"] for r in log], color=c, label=label)
+            axes[2].plot(step, [r["alpha_soft"] for r in log], color=c, label=label)
+            ev = [(r["step"], r["eval_mlm_loss"]) for r in log if "eval_mlm_loss" in r]
+            if ev:
+                axes[0].plot(*zip(*ev), color=c, ls=":", marker=".", alpha=0.8)
+        for ax, t in zip(axes, ("hard loss: MLM cross-entropy (dotted: held-out)", "soft loss: KL(teacher || student)",
+                                "soft weight a_s")):
+            ax.set_title(t, fontsize=9)
+            ax.set_xlabel("step")
+        axes[2].legend(fontsize=8)
+        a_s = {r["alpha_soft"] for log in res["logs"].values() for r in log}
+        if len(a_s) == 1:           # one flat line: say so, rather than a zoomed axis around it
+            axes[2].text(0.5, 0.35, f"a_s = {a_s.pop():g} throughout, for every run", transform=axes[2].transAxes,
+                         ha="center", fontsize=9, color="#555555")
+        save(fig, result_path, name)
+    return fig
+
+
+def _label(run: str, res: dict) -> str:
+    if res["study"] == "soft_weight":
+        spec = res.get("schedules", {}).get(run, {})
+        if spec.get("kind") == "constant":
+            return f"{run[5:]} (a_s={spec['value']:g})"
+        if spec.get("kind") in ("linear", "cosine"):
+            return f"{run[5:]} (a_s {spec['start']:g}→{spec['end']:g})"
+        return run
+    if res["study"] == "param_remap":
+        return "PR (O): remapped init" if run.startswith("remap-") else "PR (X): random init"
+    return run
+
+
+def _title(res: dict) -> str:
+    return {"soft_weight": "Soft-loss weight", "param_remap": "Parameter remapping"}.get(res["study"], res["study"])
+
+
+# ----------------------------------------------------------------------------- comparing runs of the registry
+
+def registry_runs(runs_dir: Path) -> dict[str, dict]:
+    """Finished pre-training runs in ``outputs/<profile>/runs/``, by id: name, kind, held-out MLM loss, training
+    log, and the fine-tuning scores of their snapshots (from the finished fine-tuning runs that name them).
+    Folders that are unfinished or unreadable are left out; ``dwt runs`` says why."""
+    pre, ft = {}, []
+    for d in sorted(Path(runs_dir).glob("*-*")):
+        try:
+            meta, res = read_json(d / "run.json"), read_json(d / "result.json")
+        except (OSError, ValueError):
+            continue
+        if meta.get("kind") == "finetune":
+            ft.append({"pretrain": meta["key"].get("pretrain"), "task": res.get("task"), "seed": res.get("seed"),
+                       "fraction": res.get("fraction", meta["key"].get("fraction")), "score": res.get("score")})
+            continue
+        log = d / "log.jsonl"
+        pre[d.name] = {"id": d.name, "name": meta.get("name"), "kind": meta.get("kind"),
+                       "mlm_loss": (res.get("final_eval") or {}).get("mlm_loss"),
+                       "log": read_log(log), "scores": []}
+    for s in ft:
+        if s["pretrain"] in pre and s["score"] is not None:
+            pre[s["pretrain"]]["scores"].append(s)
+    return pre
+
+
+def compare_runs(runs_dir: Path, chosen: dict[str, str], save_as: str | None = None):
+    """Overlay chosen runs of one profile: pre-training MLM loss against step (solid: training, dotted: held-out)
+    and fine-tuning scores per task at each run's last snapshot (mean over seeds, bar; seed range, whisker).
+
+    ``chosen`` maps run id -> label (see :func:`dwt_lib.explore.resolve_runs`). With ``save_as`` the figure is
+    saved as ``outputs/<profile>/figures/<save_as>.png|svg``."""
+    import numpy as np
+    reg = registry_runs(runs_dir)
+    missing = [i for i in chosen if i not in reg]
+    if missing:
+        raise ValueError(f"not finished (or not in {runs_dir}): {', '.join(missing)}")
+    with style():
+        fig, (ax_l, ax_s) = plt.subplots(1, 2, figsize=(12, 3.6), layout="constrained")
+        cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        tasks = sorted({s["task"] for i in chosen for s in reg[i]["scores"]})
+        width = 0.8 / max(len(chosen), 1)
+        for k, (rid, label) in enumerate(chosen.items()):
+            r, c = reg[rid], cycle[k % len(cycle)]
+            loss = f" (held-out {r['mlm_loss']:.3f})" if r["mlm_loss"] is not None else ""
+            steps = [e["step"] for e in r["log"] if "hard" in e]
+            ax_l.plot(steps, [e["hard"] for e in r["log"] if "hard" in e], color=c, lw=1, label=label + loss)
+            ev = [(e["step"], e["eval_mlm_loss"]) for e in r["log"] if "eval_mlm_loss" in e]
+            if ev:
+                ax_l.plot(*zip(*ev), color=c, ls=":", marker=".")
+            for j, t in enumerate(tasks):
+                sc = [s for s in r["scores"] if s["task"] == t]
+                if not sc:
+                    continue
+                last = max(s["fraction"] for s in sc)
+                v = [s["score"] for s in sc if s["fraction"] == last]
+                x = j - 0.4 + width * (k + 0.5)
+                ax_s.bar(x, np.mean(v), width, color=c, alpha=0.85)
+                ax_s.plot([x, x], [min(v), max(v)], color="#333333", lw=1)
+        ax_l.set(title="pre-training MLM loss (dotted: held-out)", xlabel="step")
+        ax_l.legend(fontsize=8)
+        if tasks:
+            ax_s.set_xticks(range(len(tasks)), [t.upper() for t in tasks])
+            ax_s.set(title="fine-tuning score at the last snapshot (mean; whisker: seed range)",
+                     ylabel="validation score")
+        else:
+            ax_s.text(0.5, 0.5, "no fine-tuning results for these runs yet", ha="center", va="center",
+                      transform=ax_s.transAxes, color="#666666")
+            ax_s.set_axis_off()
+        ax_l.title.set_fontsize(9)
+        ax_s.title.set_fontsize(9)
+        if save_as:
+            save(fig, Path(runs_dir).parent / "results" / "compare_runs.json", save_as)   # -> <profile>/figures/
+    return fig
+
+
+# ----------------------------------------------------------------------------- notebook 06
+
+def beyond(result_path: Path, question: str):
+    """Notebook 06, one question: held-out MLM loss over steps and the mean fine-tuning score (over the study
+    tasks; band: range over fine-tuning seeds) at each snapshot for the arm(s) and the runs they are compared
+    with; for the soft weight also the effective a_s and the teacher-aware arm's running hard losses, for
+    growth the new layers' gate m."""
+    res = read_json(result_path)
+    if question not in res["questions"]:
+        with style():
+            fig, ax = plt.subplots(figsize=(6, 1.2))
+            ax.text(0.5, 0.5, f"no arm of this profile asks '{question}' (studies.beyond)", ha="center", va="center")
+            ax.set_axis_off()
+        return fig
+    q = res["questions"][question]
+    extra = {"soft_weight": ["a_s", "ema"], "growth": ["gate"]}.get(question, [])
+    cycle = ["#55A868", "#C44E52", "#4C72B0", "#DD8452", "#8172B3", "#937860", "#DA8BC3"]
+    colour = {n: cycle[i % len(cycle)] for i, n in enumerate(q["runs"])}
+    with style():
+        fig, axes = plt.subplots(1, 2 + len(extra), figsize=(4.2 * (2 + len(extra)), 3.4), layout="constrained")
+        for n in q["runs"]:
+            log, ls = res["logs"].get(n, []), "-" if n in q["arms"] else "--"
+            ev = [(r["step"], r["eval_mlm_loss"]) for r in log if "eval_mlm_loss" in r]
+            if ev:
+                axes[0].plot(*zip(*ev), color=colour[n], ls=ls, marker=".", label=n)
+            pts = res["score_by_fraction"][n]
+            x = [p["fraction"] for p in pts]
+            axes[1].plot(x, [p["mean"] for p in pts], color=colour[n], ls=ls, marker="o", label=n)
+            axes[1].fill_between(x, [p["lo"] for p in pts], [p["hi"] for p in pts], color=colour[n], alpha=0.12, lw=0)
+            for ax, what in zip(axes[2:], extra):
+                if what == "a_s" and log:
+                    ax.plot([r["step"] for r in log], [r["alpha_soft"] for r in log], color=colour[n], ls=ls, label=n)
+                if what == "ema" and log and "ema_student" in log[0]:
+                    steps = [r["step"] for r in log]
+                    ax.plot(steps, [r["ema_student"] for r in log], color=colour[n], label=f"{n}: student")
+                    ax.plot(steps, [r["ema_teacher"] for r in log], color="#333333", ls=":", label=f"{n}: teacher")
+                if what == "gate" and log and "gate" in log[0]:       # m = 0 at step 0, before the first log line
+                    ax.plot([0] + [r["step"] for r in log], [0.0] + [r["gate"] for r in log], color=colour[n],
+                            marker=".", label=n)
+                    ax.set_ylim(-0.05, 1.05)
+        titles = {"a_s": "effective soft weight a_s", "ema": "running hard loss (EMA), same tokens",
+                  "gate": "new layers' gate m (0: identity)"}
+        axes[0].set(title="held-out MLM loss (dashed: compared runs)", xlabel="step", ylabel="nats")
+        axes[1].set(title=f"mean score over {', '.join(t.upper() for t in res['tasks'])}",
+                    xlabel="fraction of pre-training", xticks=res["fractions"])
+        for ax, what in zip(axes[2:], extra):
+            ax.set(title=titles[what], xlabel="step")
+            if ax.has_data():
+                ax.legend(fontsize=7)
+        for ax in axes:
+            ax.title.set_fontsize(9)
+        axes[1].legend(fontsize=7)
+        from dwt_lib.studies.beyond import TITLES
+        last = max(res["fractions"])
+        at_end = [c for c in res["questions"][question]["comparisons"] if c["fraction"] == last]
+        fig.suptitle(f"{TITLES[question]} ({res['provenance']['profile']} profile; {len(res['seeds'])} fine-tuning "
+                     f"seed(s))\n{sum(c['resolved'] for c in at_end)} of {len(at_end)} differences at the end "
+                     f"resolved (> 2 SE)", fontsize=10)
+        save(fig, result_path, f"06_{question}")
+    return fig
