@@ -15,7 +15,7 @@ import sys
 import time
 
 from dwt_lib.data import corpus, prepare as data
-from dwt_lib.config.schema import load_params
+from dwt_lib.config.load import load_params
 
 TARGET = 0.7
 

@@ -59,7 +59,7 @@ def child_build(docs, num_proc: int, out: str) -> None:
     import resource
 
     from dwt_lib.data import prepare as data
-    from dwt_lib.config.schema import load_params
+    from dwt_lib.config.load import load_params
     cfg = load_params("smoke", overrides(docs))
     t = time.time()
     c0 = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
@@ -91,7 +91,7 @@ def child_open(docs, out: str) -> None:
     import numpy as np
 
     from dwt_lib.data import prepare as data, cache as datacache
-    from dwt_lib.config.schema import load_params
+    from dwt_lib.config.load import load_params
     cfg = load_params("smoke", overrides(docs))
     path = data.cache_path(cfg.data)
     rss = lambda: {k: _status_kb(k) / 1024 for k in ("VmRSS", "RssAnon", "RssFile")}

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dwt_lib.config.schema import load_params
+from dwt_lib.config.load import load_params
 from dwt_lib.data.prepare import mask_tokens, prepare_pretraining_data
 from dwt_lib.models.losses import hard_loss
 from dwt_lib.models.encoder import SparseMLM, build_model, train_flops_per_sequence, use_device_attention

@@ -26,9 +26,10 @@ import time
 
 import torch
 
-from dwt_lib.config.schema import load_params
+from dwt_lib.config.load import load_params
 from dwt_lib.data.prepare import SPECIAL_TOKENS, mask_tokens
-from dwt_lib.models.encoder import (SparseMLM, build_model, classifier_logits, resolve_size, train_flops_per_sequence, use_device_attention)
+from dwt_lib.models.encoder import (SparseMLM, build_model, classifier_logits, train_flops_per_sequence, use_device_attention)
+from dwt_lib.config.sizes import resolve_size
 from dwt_lib.train.pretrain import Prefetcher, batch_indices, dwt_losses, make_optimizer
 
 SMOKE = {"model.sizes": {"s": {"layers": 2, "hidden": 32, "heads": 2}, "t": {"layers": 1, "hidden": 32, "heads": 2}},
@@ -155,7 +156,7 @@ def time_steps(step, device, warmup: int, steps: int) -> float:
 
 
 def _ft_worker(cfg_dict, device, warmup, steps, threads, barrier, q):
-    from dwt_lib.config.schema import config_from_dict
+    from dwt_lib.config.load import config_from_dict
     torch.set_num_threads(threads)
     cfg = config_from_dict(cfg_dict)
     st = FinetuneStep(cfg, torch.device(device))

@@ -23,8 +23,9 @@ import sys
 
 import yaml
 
-from dwt_lib.config.schema import ConfigError, load_params
-from dwt_lib.config.rules import seed_ok
+from dwt_lib.core.errors import ConfigError
+from dwt_lib.config.load import load_params
+from dwt_lib.config.arms import seed_ok
 from dwt_lib.core.errors import debug_enabled, report
 from dwt_lib.core.paths import pin_environment
 
@@ -171,7 +172,7 @@ def cmd_worker(args) -> int:
     import json
     from pathlib import Path
 
-    from dwt_lib.config.schema import config_from_dict
+    from dwt_lib.config.load import config_from_dict
     from dwt_lib.train.pretrain import train
     from dwt_lib.runs.registry import Run, atomic_write_json, read_json
     d = Path(args.run_dir)

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from dwt_lib.config.schema import PARAMS_DIR, load_params, resolve_params_path
+from dwt_lib.core.paths import PARAMS_DIR
+from dwt_lib.config.load import load_params, resolve_params_path
 from dwt_lib.core.errors import Interrupted, UnknownNameError
 from dwt_lib.core.paths import pin_environment
 from dwt_lib.core.paths import REPO

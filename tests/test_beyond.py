@@ -16,15 +16,18 @@ import torch
 from safetensors.torch import load_file
 
 from dwt_lib.config import arms as beyond
-from dwt_lib.models import growth
-from dwt_lib.config.schema import ConfigError, jsonable, load_params
+from dwt_lib.models import growth, targets
+from dwt_lib.core.errors import ConfigError
+from dwt_lib.core.hashing import jsonable
+from dwt_lib.config.load import load_params
 from dwt_lib.models.losses import soft_loss
 from dwt_lib.models.encoder import SparseMLM, build_model
 from dwt_lib.studies.results import read_log
 from dwt_lib.runs.registry import Run, outputs_dir
 from helpers import interrupt_at
 from dwt_lib.config.schedules import make_schedule
-from dwt_lib.studies.identity import (_base_key, all_run_names, base_arm_names, ensure_pretrained, named_run, study_runs)
+from dwt_lib.studies.identity import _base_key, all_run_names, ensure_pretrained, named_run, study_runs
+from dwt_lib.config.arms import base_arm_names
 
 RUN = {
     "pretrain.max_steps": 4, "pretrain.batch_size_per_device": 4, "pretrain.eval_batches": 1,
@@ -156,7 +159,7 @@ AWARE = {"kind": "teacher_aware", "schedule": {"kind": "constant", "value": 2.0}
 def test_teacher_aware_weight_by_hand():
     """EMAs (decay 0.5) of student losses 5, 3, 1 and teacher 4, 4, 4: 5, 4, 2.5 vs 4; the student is ahead
     after step 2, so from step 3 a_s goes from 2 to the floor 0.5 over 0.1 x 40 = 4 steps."""
-    w = beyond.TeacherAwareWeight(AWARE, 40)
+    w = targets.TeacherAwareWeight(AWARE, 40)
     got = []
     for step, (s, t) in enumerate([(5, 4), (3, 4), (1, 4)] + [(1, 4)] * 6):
         got.append(w(step))
@@ -165,7 +168,7 @@ def test_teacher_aware_weight_by_hand():
             assert w.state == {"ema_student": 4.0, "ema_teacher": 4.0, "crossed_at": None}   # equal is not ahead
     assert w.state["crossed_at"] == 3
     assert got == pytest.approx([2, 2, 2, 2, 1.625, 1.25, 0.875, 0.5, 0.5])
-    assert beyond.aware_weight(2, 40, AWARE, None) == 2.0
+    assert targets.aware_weight(2, 40, AWARE, None) == 2.0
 
 
 def test_teacher_aware_weight_resumes_identically():
@@ -181,20 +184,20 @@ def test_teacher_aware_weight_resumes_identically():
             w.update(s, student[s], teacher[s])
         return out
     spec = dict(AWARE, ema=0.8)
-    ref = beyond.TeacherAwareWeight(spec, 30)
+    ref = targets.TeacherAwareWeight(spec, 30)
     whole = go(ref, range(30))
     cross = ref.state["crossed_at"]
     assert 3 < cross < 25 and len(set(whole)) > 2, "the student overtakes and the weight decays within 30 steps"
     for k in (2, cross - 1, cross, cross + 1, 27):
-        first = beyond.TeacherAwareWeight(spec, 30)
+        first = targets.TeacherAwareWeight(spec, 30)
         head = go(first, range(k))
-        second = beyond.TeacherAwareWeight(spec, 30)
+        second = targets.TeacherAwareWeight(spec, 30)
         second.state = json.loads(json.dumps(first.state))
         assert head + go(second, range(k, 30)) == whole, k
     # stopped mid-decay, a resume that forgot the state (EMAs and crossing) gives other weights
-    first = beyond.TeacherAwareWeight(spec, 30)
+    first = targets.TeacherAwareWeight(spec, 30)
     head = go(first, range(cross + 1))
-    assert head + go(beyond.TeacherAwareWeight(spec, 30), range(cross + 1, 30)) != whole
+    assert head + go(targets.TeacherAwareWeight(spec, 30), range(cross + 1, 30)) != whole
 
 
 def test_teacher_aware_run_resumed_matches_uninterrupted(tmp_path, monkeypatch):
@@ -232,7 +235,7 @@ def test_smoothed_target_kl_against_numpy(tau):
     g = torch.Generator().manual_seed(1)
     s = torch.randn(5, V, generator=g, dtype=torch.float64).float()
     y = torch.tensor([0, 3, 6, 3, 1])
-    got = soft_loss(s, beyond.SmoothedTarget(V, eps)(y), temperature=tau).item()
+    got = soft_loss(s, targets.SmoothedTarget(V, eps)(y), temperature=tau).item()
     q = np.full((5, V), eps / V)
     q[np.arange(5), y.numpy()] += 1 - eps
     qt = q ** (1 / tau)
@@ -241,9 +244,9 @@ def test_smoothed_target_kl_against_numpy(tau):
     logp = z - np.log(np.exp(z).sum(1, keepdims=True))
     want = (qt * (np.log(qt) - logp)).sum(1).mean() * tau ** 2
     assert got == pytest.approx(want, rel=1e-5)
-    assert math.isclose(np.exp(beyond.SmoothedTarget(V, eps)(y).double().numpy()).sum(1).mean(), 1.0, rel_tol=1e-6)
+    assert math.isclose(np.exp(targets.SmoothedTarget(V, eps)(y).double().numpy()).sum(1).mean(), 1.0, rel_tol=1e-6)
     with pytest.raises(ValueError, match="label"):
-        beyond.SmoothedTarget(V, eps)(torch.tensor([1, -100]))
+        targets.SmoothedTarget(V, eps)(torch.tensor([1, -100]))
 
 
 def test_smoothed_run_trains_without_a_teacher(outputs):

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoTokenizer
 
 from dwt_lib.data import bytetok
-from dwt_lib.config.schema import load_params
+from dwt_lib.config.load import load_params
 from dwt_lib.data.prepare import data_hash, load_tokenizer, mask_tokens, prepare_pretraining_data, vocab_size
 from dwt_lib.data.glue import load_glue
 

@@ -5,7 +5,10 @@ import textwrap
 
 import pytest
 
-from dwt_lib.config.schema import PARAMS_DIR, Config, ConfigError, load_params
+from dwt_lib.core.paths import PARAMS_DIR
+from dwt_lib.config.schema import Config
+from dwt_lib.core.errors import ConfigError
+from dwt_lib.config.load import load_params
 
 PAPER = PARAMS_DIR / "paper.yaml"
 
@@ -179,7 +182,7 @@ def test_per_task_finetune_settings_resolve_per_task(tmp_path):
     """lr / epochs / training cap per task; YAML's "5e-5" string read as a number; a fine-tuning run's
     identity holds only its own task's settings."""
     from dwt_lib.studies import identity as studies
-    from dwt_lib.train.finetune import task_settings
+    from dwt_lib.config.tasks import task_settings
     path = _child(tmp_path, "finetune:\n  tasks: [sst2, cola]\n  lr: 1.0e-4\n  max_train_examples: 64\n"
                   "  lr_per_task: {cola: 5e-5}\n  epochs_per_task: {cola: 3}\n"
                   "  max_train_examples_per_task: {sst2: 20000, cola: null}\n")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dwt_lib.data import corpus, prepare as data
-from dwt_lib.config.schema import load_params
+from dwt_lib.config.load import load_params
 
 # 4 documents per corpus of the sample: 1,104 sentences, so 1-in-4 sampling gives 276 > 200.
 SMALL = {"data.max_documents": 4, "data.max_sentences": 200, "data.vocab_size": 400,

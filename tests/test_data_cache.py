@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from dwt_lib.data import prepare as data, cache as datacache
-from dwt_lib.config.schema import load_params
+from dwt_lib.config.load import load_params
 
 # The first 12 articles of the Wikipedia sample shipped with the package: no mirror needed.
 TINY = {"data.corpora": [{"id": "sample:corpora/wikipedia-en"}], "data.max_documents": 12, "data.max_sentences": None,

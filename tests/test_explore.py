@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 from dwt_lib import cli  # noqa: E402
 from dwt_lib.notebook import explore, plots
 from dwt_lib.studies import results
-from dwt_lib.config.schema import load_params  # noqa: E402
+from dwt_lib.config.load import load_params  # noqa: E402
 from dwt_lib.runs.registry import atomic_write_json, outputs_dir  # noqa: E402
 from dwt_lib.studies.identity import named_run  # noqa: E402
 

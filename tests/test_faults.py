@@ -27,7 +27,7 @@ from dwt_lib import cli
 from dwt_lib.core import errors
 from dwt_lib.studies import preflight
 from dwt_lib.train import pretrain as pt
-from dwt_lib.config.schema import load_params
+from dwt_lib.config.load import load_params
 from dwt_lib.studies.identity import ensure_pretrained, named_run
 from helpers import interrupt_at
 

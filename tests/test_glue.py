@@ -10,8 +10,9 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from dwt_lib.data import glue
-from dwt_lib.config.schema import load_params
-from dwt_lib.data.prepare import DataSourceError, load_tokenizer, resolve
+from dwt_lib.config.load import load_params
+from dwt_lib.core.errors import DataSourceError
+from dwt_lib.data.prepare import load_tokenizer, resolve
 
 SOURCE = "sample:nyu-mll/glue"          # the smoke profile's source: no mirror, no network
 MIRROR = "nyu-mll/glue"

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from dwt_lib.config.schema import load_params
+from dwt_lib.config.load import load_params
 from dwt_lib.studies.identity import all_run_names, check_device, finetune_run, named_run, study_runs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -125,7 +125,7 @@ def test_gpu_profile_refuses_a_machine_without_cuda(gpu, monkeypatch, capsys):
 # A tiny version of the gpu profile: its own settings (bf16, dropout 0, launch) with the smoke data (the
 # package's sample, cached by the other tests) and the gpu profile's size names redefined to width 32 through model.sizes.
 def tiny_gpu(**extra):
-    from dwt_lib.config.schema import jsonable
+    from dwt_lib.core.hashing import jsonable
     smoke = load_params("smoke").data
     data = {f"data.{f.name}": jsonable(getattr(smoke, f.name)) for f in dataclasses.fields(smoke)}
     tiny = {"gpu-student": {"layers": 2, "hidden": 32, "heads": 2}, "gpu-teacher-4l": {"layers": 1, "hidden": 32, "heads": 2},

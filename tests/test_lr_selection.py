@@ -2,8 +2,9 @@
 import pytest
 
 from dwt_lib.studies import identity as studies
-from dwt_lib.config.schema import ConfigError, load_params
-from dwt_lib.train.finetune import task_settings
+from dwt_lib.core.errors import ConfigError
+from dwt_lib.config.load import load_params
+from dwt_lib.config.tasks import task_settings
 from dwt_lib.studies.identity import finetune_run
 
 

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from dwt_lib.models.encoder import SIZES, bert_config, build_model, count_parameters
+from dwt_lib.config.sizes import SIZES
+from dwt_lib.models.encoder import bert_config, build_model, count_parameters
 
 PAPER_RATIOS = {"paper-teacher-4l": 0.78, "paper-teacher-2l": 0.57, "paper-teacher-1l": 0.46}
 
@@ -50,7 +51,7 @@ def test_unknown_size_and_vocab_errors():
 
 
 def test_profile_size_from_spec_and_lookup_order():
-    from dwt_lib.models.encoder import resolve_size, size_from_spec
+    from dwt_lib.config.sizes import resolve_size, size_from_spec
     kw = size_from_spec({"layers": 6, "hidden": 128, "heads": 2})
     assert kw == {"num_hidden_layers": 6, "hidden_size": 128, "num_attention_heads": 2, "intermediate_size": 512}
     assert size_from_spec({"layers": 1, "hidden": 96, "heads": 3, "intermediate": 200})["intermediate_size"] == 200
@@ -74,7 +75,7 @@ def test_profile_size_from_spec_and_lookup_order():
     ([6, 128, 2], "", "expected a mapping"),
 ])
 def test_profile_size_errors_name_the_key(spec, key, what):
-    from dwt_lib.models.encoder import SizeError, size_from_spec
+    from dwt_lib.config.sizes import SizeError, size_from_spec
     with pytest.raises(SizeError, match=what) as e:
         size_from_spec(spec)
     assert e.value.key == key

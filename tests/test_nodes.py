@@ -25,8 +25,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dwt_lib.config.schema import ConfigError, load_params
-from dwt_lib.studies.nodes import NodeError, node_rank, worker_command
+from dwt_lib.core.errors import ConfigError
+from dwt_lib.config.load import load_params
+from dwt_lib.core.errors import NodeError
+from dwt_lib.studies.nodes import node_rank, worker_command
 from dwt_lib.studies.plan import device_time, format_plan, make_plan
 from dwt_lib.studies.identity import ensure_pretrained, named_run
 

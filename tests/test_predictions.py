@@ -7,7 +7,7 @@ import torch
 
 from dwt_lib.notebook import predictions
 from dwt_lib.studies import identity as studies
-from dwt_lib.config.schema import load_params
+from dwt_lib.config.load import load_params
 from dwt_lib.data.sources import resolve
 from dwt_lib.runs.registry import write_result
 

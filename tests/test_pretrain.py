@@ -27,7 +27,7 @@ import torch
 
 from dwt_lib.train import pretrain as pt
 from dwt_lib.runs import registry as runs
-from dwt_lib.config.schema import load_params
+from dwt_lib.config.load import load_params
 from dwt_lib.models.encoder import SparseMLM, build_model, count_parameters
 from dwt_lib.config.schedules import make_schedule
 from dwt_lib.studies.identity import ensure_pretrained, named_run, pretrain_run

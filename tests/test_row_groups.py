@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dwt_lib.data import corpus, prepare as data, pipeline
-from dwt_lib.config.schema import load_params
+from dwt_lib.config.load import load_params
 
 K = 7          # rows per document in these tests
 
@@ -92,7 +92,7 @@ def test_a_stand_in_is_read_ungrouped(mirror, tmp_path, monkeypatch):
 
 
 def test_rows_per_document_must_be_a_positive_integer():
-    from dwt_lib.config.schema import ConfigError
+    from dwt_lib.core.errors import ConfigError
     for bad in (0, -3, 2.5, "x"):
         with pytest.raises(ConfigError, match=r"data\.corpora\[0\]\.rows_per_document"):
             _cfg({"id": "org/sents", "rows_per_document": bad})

@@ -10,7 +10,7 @@ import pytest
 
 from dwt_lib import cli
 from dwt_lib.runs import registry as runs
-from dwt_lib.config.schema import load_params
+from dwt_lib.config.load import load_params
 from dwt_lib.runs.registry import Run, atomic_write_json, ensure, format_runs, list_runs
 
 

@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from dwt_lib.config.schedules import ScheduleError, make_schedule
+from dwt_lib.core.errors import ScheduleError
+from dwt_lib.config.schedules import make_schedule
 
 T = 1000
 

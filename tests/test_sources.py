@@ -13,7 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from dwt_lib.data import corpus, prepare as data, sources
-from dwt_lib.config.schema import ConfigError, CorpusSource, load_params
+from dwt_lib.core.errors import ConfigError
+from dwt_lib.config.schema import CorpusSource
+from dwt_lib.config.load import load_params
 from dwt_lib.runs.registry import write_result
 
 REPO = Path(__file__).resolve().parent.parent

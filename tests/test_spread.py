@@ -7,7 +7,8 @@ import pytest
 
 from dwt_lib.notebook import plots
 from dwt_lib.studies import spread, identity as studies
-from dwt_lib.config.schema import ConfigError, load_params
+from dwt_lib.core.errors import ConfigError
+from dwt_lib.config.load import load_params
 from dwt_lib.studies.plan import make_plan
 from dwt_lib.studies.premise import premise, premise_check
 

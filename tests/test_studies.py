@@ -8,7 +8,7 @@ import pytest
 
 from dwt_lib.notebook import plots
 from dwt_lib.studies import results, spread, identity as studies
-from dwt_lib.config.schema import load_params
+from dwt_lib.config.load import load_params
 from dwt_lib.studies.plan import format_plan, make_plan
 
 REPO = Path(__file__).resolve().parent.parent

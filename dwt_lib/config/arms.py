@@ -10,19 +10,19 @@
     smoothed: {question: teacher_free, target: {kind: smoothed, epsilon: 0.1}, against: [dwt-weak, student]}
     grow: {question: growth, teacher: weak, init: {kind: grow, ramp_fraction: 0.1}, against: [remap-weak]}
 
-This module holds the pieces the training loop needs for them: the teacher-aware soft weight
-(:class:`TeacherAwareWeight`) and the label-smoothed target that stands in for a teacher
-(:class:`SmoothedTarget`); growth is :mod:`dwt_lib.growth`. The study itself (fine-tuning, spreads,
-summaries) is :mod:`dwt_lib.beyond_study`.
+This module holds them as plain data and rules: the keys and kinds an arm may use, their validation, and the
+run names of every arm (the paper's three studies and notebook 06's). What the training loop needs for them is
+:mod:`dwt_lib.models.targets` (soft weight, smoothed target) and :mod:`dwt_lib.models.growth`; the study itself
+(fine-tuning, spreads, summaries) is :mod:`dwt_lib.studies.beyond`.
 """
 from __future__ import annotations
 
-from typing import Optional
-
-import torch
+import re
+from typing import Any, Optional
 
 from dwt_lib.config.schedules import KINDS as SCHEDULE_KINDS
-from dwt_lib.config.schedules import make_schedule
+from dwt_lib.config.schedules import check_schedule
+from dwt_lib.core.errors import ConfigError, UnknownNameError
 
 #: The questions of notebook 06, in order: an arm's ``question`` is one of these.
 QUESTIONS = ("soft_weight", "temperature", "teacher_free", "growth")
@@ -32,6 +32,7 @@ INIT_KINDS = ("random", "remap", "grow")
 ALPHA_KINDS = SCHEDULE_KINDS + ("teacher_aware",)
 _AWARE_KEYS = {"schedule", "floor", "decay_fraction", "ema"}
 PREFIX = "beyond-"
+SEED_LIMIT = 2**32          # NumPy's seeds are 32-bit; torch's wrap larger ones silently
 
 
 def run_name(arm: str) -> str:
@@ -53,13 +54,10 @@ def check_arms(cfg, src: str) -> None:
     """Every arm of ``studies.beyond``: known keys and kinds, a teacher of the profile where the target
     is the teacher, ``against`` naming runs of the profile. One :class:`~dwt_lib.config.ConfigError`
     naming the file, the key path and what is allowed."""
-    from dwt_lib.config.schema import ConfigError
-    from dwt_lib.config.rules import _check_schedule
 
     def fail(key: str, msg: str):
         raise ConfigError(f"{src}: studies.beyond.{key}: {msg}")
 
-    from dwt_lib.studies.identity import base_arm_names
     known_runs = base_arm_names(cfg)
     for arm, spec in cfg.studies.beyond.items():
         if not isinstance(spec, dict):
@@ -99,7 +97,7 @@ def check_arms(cfg, src: str) -> None:
             if not isinstance(spec["temperature"], dict):
                 fail(f"{arm}.temperature", f"expected a schedule mapping with a kind ({', '.join(SCHEDULE_KINDS)}), "
                                            f"e.g. {{kind: constant, value: 2.0}}, got {spec['temperature']!r}")
-            _check_schedule(spec["temperature"], src, f"studies.beyond.{arm}.temperature", positive=True)
+            check_schedule(spec["temperature"], src, f"studies.beyond.{arm}.temperature", positive=True)
         against = spec.get("against") or []
         if not isinstance(against, list) or not against:
             fail(f"{arm}.against", "expected a non-empty list of run names to compare with")
@@ -125,14 +123,13 @@ def _check_grow(cfg, arm, spec, init, fail) -> None:
 
 
 def _check_alpha(spec, key, target, fail, src) -> None:
-    from dwt_lib.config.rules import _check_schedule
     if spec is None:
         return
     if not isinstance(spec, dict) or spec.get("kind") not in ALPHA_KINDS:
         kind = spec.get("kind") if isinstance(spec, dict) else spec
         fail(key, f"unknown kind {kind!r} (known: {', '.join(ALPHA_KINDS)})")
     if spec["kind"] != "teacher_aware":
-        _check_schedule(spec, src, f"studies.beyond.{key}", positive=False)
+        check_schedule(spec, src, f"studies.beyond.{key}", positive=False)
         return
     if set(spec) - {"kind"} != _AWARE_KEYS:
         fail(key, f"teacher_aware takes keys {', '.join(sorted(_AWARE_KEYS))}, got {sorted(set(spec) - {'kind'})}")
@@ -161,77 +158,38 @@ def run_settings(cfg, arm: str) -> dict:
     return out
 
 
-# ----------------------------------------------------------------------------- teacher-aware soft weight
+# ----------------------------------------------------------------------------- run names
 
-def aware_weight(step: int, total: int, spec: dict, crossed_at: Optional[int], schedule=None) -> float:
-    """a_s at ``step`` for ``{kind: teacher_aware, schedule, floor, decay_fraction}``: the schedule while
-    the student is behind (``crossed_at`` None, or not reached yet); from ``crossed_at`` on, linear from
-    the schedule's value to ``floor`` over ``decay_steps = max(1, round(decay_fraction * total))``, then
-    ``floor``. A pure function of the step and the logged crossing step. ``schedule``: ``spec["schedule"]``
-    already built (:class:`TeacherAwareWeight` builds it once, not at every step)."""
-    base = (schedule or make_schedule(spec["schedule"]))(step, total)
-    if crossed_at is None or step < crossed_at:
-        return base
-    k = min((step - crossed_at) / decay_steps(spec, total), 1.0)
-    return base + (float(spec["floor"]) - base) * k
+def seed_ok(seed: Any) -> bool:
+    """An integer seed in [0, 2^32)."""
+    return not isinstance(seed, bool) and isinstance(seed, int) and 0 <= seed < SEED_LIMIT
 
 
-def decay_steps(spec: dict, total: int) -> int:
-    return max(1, round(float(spec["decay_fraction"]) * total))
+SEED_MARK = ":s"
 
 
-class TeacherAwareWeight:
-    """The soft weight of a ``teacher_aware`` spec, with the state it depends on.
-
-    ``state`` holds running means (EMA, decay ``ema``; the first value starts each) of the student's and
-    the teacher's hard loss on the same masked tokens, and ``crossed_at``: the first step after the one at
-    which the student's EMA fell below the teacher's (latched: the weight never climbs back). The weight
-    of step ``s`` is :func:`aware_weight` of the state after steps ``< s``; ``update`` adds step ``s``'s
-    losses. ``state`` is plain floats, saved in every checkpoint, so a resumed run continues identically.
-    """
-
-    def __init__(self, spec: dict, total: int):
-        self.spec, self.total = dict(spec), total
-        self.schedule = make_schedule(spec["schedule"])
-        self.state = {"ema_student": None, "ema_teacher": None, "crossed_at": None}
-
-    def __call__(self, step: int, total: Optional[int] = None) -> float:
-        return aware_weight(step, total or self.total, self.spec, self.state["crossed_at"], self.schedule)
-
-    def update(self, step: int, student_hard: float, teacher_hard: float) -> None:
-        b, st = float(self.spec["ema"]), self.state
-        for k, x in (("ema_student", float(student_hard)), ("ema_teacher", float(teacher_hard))):
-            st[k] = x if st[k] is None else b * st[k] + (1 - b) * x
-        if st["crossed_at"] is None and st["ema_student"] < st["ema_teacher"]:
-            st["crossed_at"] = step + 1
-
-    def log(self) -> dict:
-        return {"ema_student": self.state["ema_student"], "ema_teacher": self.state["ema_teacher"]}
+def split_seed(name: str) -> tuple[str, Optional[int]]:
+    """``"student:s43"`` -> ``("student", 43)``; a name without a seed -> ``(name, None)``. Only ASCII digits
+    make a seed (``str.isdigit`` also accepts ``²``, which ``int`` refuses); a seed outside [0, 2^32) is an
+    :class:`~dwt_lib.errors.UnknownNameError` naming the range."""
+    base, mark, seed = name.rpartition(SEED_MARK)
+    if not (mark and base and re.fullmatch(r"[0-9]+", seed)):
+        return name, None
+    if int(seed) >= SEED_LIMIT:
+        raise UnknownNameError(f"pre-training seed {seed} in run name {name!r} is out of range", "--run",
+                               f"use a seed in [0, 2^32), e.g. {base}{SEED_MARK}43")
+    return base, int(seed)
 
 
-def soft_weight(spec: dict, total: int):
-    """a_s as ``f(step, total)``: a :class:`TeacherAwareWeight` for ``teacher_aware``, else the schedule."""
-    return TeacherAwareWeight(spec, total) if spec.get("kind") == "teacher_aware" else make_schedule(dict(spec))
+def base_arm_names(cfg) -> list[str]:
+    """Every arm of the paper's three studies (one name each, at ``pretrain.seed``), teachers first."""
+    roles = list(cfg.model.teachers)
+    return ([f"teacher-{r}" for r in roles] + ["student"]
+            + [f"dwt-{r}" for r in cfg.studies.teacher_quality]
+            + [f"soft-{v}" for v in cfg.studies.soft_weight]
+            + [f"remap-{cfg.studies.param_remap_teacher}"])
 
 
-# ----------------------------------------------------------------------------- label-smoothed target
-
-class SmoothedTarget:
-    """A teacher-free target (Yuan et al., 2020, "Tf-KD"): for a masked token with label y, the
-    distribution ``(1 - epsilon) * onehot(y) + epsilon / V``, given as logits (its log), so the soft loss
-    is the same KL as towards a teacher: at tau = 1 ``KL(q || p_student)``; at tau the softened
-    ``softmax(log q / tau)``. Called with the labels of the selected positions, where a teacher is
-    called with the inputs."""
-
-    uses_labels = True
-
-    def __init__(self, vocab_size: int, epsilon: float):
-        self.vocab_size, self.epsilon = int(vocab_size), float(epsilon)
-
-    def __call__(self, y: torch.Tensor) -> torch.Tensor:
-        if bool((y < 0).any()):
-            raise ValueError("a smoothed target needs a label at every selected position (soft loss on masked "
-                             "tokens only)")
-        q = torch.full((len(y), self.vocab_size), self.epsilon / self.vocab_size, device=y.device)
-        q[torch.arange(len(y), device=y.device), y] += 1.0 - self.epsilon
-        return q.log()
+def arm_names(cfg) -> list[str]:
+    """Every arm of the studies, the paper's three and notebook 06's (``beyond-<arm>``), teachers first."""
+    return base_arm_names(cfg) + [run_name(a) for a in cfg.studies.beyond]

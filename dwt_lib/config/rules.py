@@ -8,10 +8,13 @@ import math
 import re
 from typing import Any
 
-from dwt_lib.config.schema import (ARCHS, Config, ConfigError, DataConfig, DistillConfig, FinetuneConfig, LaunchConfig, ModelConfig, PretrainConfig, StudiesConfig)
+from dwt_lib.config.arms import SEED_LIMIT, arm_names, check_arms, seed_ok  # noqa: F401  (SEED_LIMIT: importable)
+from dwt_lib.config.schedules import check_schedule
+from dwt_lib.config.sizes import ARCHS, SIZES, resolve_size, size_from_spec
+from dwt_lib.config.tasks import TASKS
+from dwt_lib.core.errors import ConfigError, SizeError
 
 
-SEED_LIMIT = 2**32          # NumPy's seeds are 32-bit; torch's wrap larger ones silently
 # A profile name is a folder name under the outputs folder: no separators, no leading dot (".." would leave it).
 PROFILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+ -]*")
 
@@ -20,19 +23,15 @@ def _fail(src: str, key: str, what: str, got: Any) -> None:
     raise ConfigError(f"{src}: {key}: expected {what}, got {got!r}")
 
 
-def seed_ok(seed: Any) -> bool:
-    """An integer seed in [0, 2^32)."""
-    return not isinstance(seed, bool) and isinstance(seed, int) and 0 <= seed < SEED_LIMIT
-
-
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def check_values(obj: Any, src: str, prefix: str) -> None:
-    """Impossible values, per section."""
-    p = prefix
-    if isinstance(obj, PretrainConfig):
+    """Impossible values, per section (told apart by class name: the schema calls these rules, so they do
+    not import it)."""
+    p, section = prefix, type(obj).__name__
+    if section == "PretrainConfig":
         for k in ("lr", "epochs", "adam_eps", "max_grad_norm"):
             if getattr(obj, k) <= 0:
                 _fail(src, p + k, "a positive number", getattr(obj, k))
@@ -55,7 +54,7 @@ def check_values(obj: Any, src: str, prefix: str) -> None:
                 _fail(src, p + k, "a number in [0, 1)", getattr(obj, k))
         if any(not 0 < f <= 1 for f in obj.snapshot_fractions):
             _fail(src, p + "snapshot_fractions", "fractions in (0, 1]", list(obj.snapshot_fractions))
-    elif isinstance(obj, DataConfig):
+    elif section == "DataConfig":
         if obj.sample_every < 1:
             _fail(src, p + "sample_every", "an integer >= 1", obj.sample_every)
         if not 0 < obj.mlm_probability < 1:
@@ -78,7 +77,7 @@ def check_values(obj: Any, src: str, prefix: str) -> None:
                       "document)", c.rows_per_document)
             if c.mirror and c.id.startswith("sample:"):
                 _fail(src, f"{p}corpora[{i}].mirror", "null for a sample: source (the sample is read as is)", c.mirror)
-    elif isinstance(obj, ModelConfig):
+    elif section == "ModelConfig":
         if obj.arch not in ARCHS:
             _fail(src, p + "arch", f"one of {', '.join(ARCHS)}", obj.arch)
         if obj.initializer_range is not None and obj.initializer_range <= 0:
@@ -86,14 +85,14 @@ def check_values(obj: Any, src: str, prefix: str) -> None:
         for k in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             if not 0 <= getattr(obj, k) < 1:
                 _fail(src, p + k, "a probability in [0, 1)", getattr(obj, k))
-    elif isinstance(obj, DistillConfig):
+    elif section == "DistillConfig":
         if obj.alpha_hard < 0:
             _fail(src, p + "alpha_hard", "a number >= 0", obj.alpha_hard)
         if obj.soft_loss_positions not in ("masked", "all"):
             _fail(src, p + "soft_loss_positions", "one of masked, all", obj.soft_loss_positions)
-        _check_schedule(obj.alpha_soft, src, p + "alpha_soft", positive=False)
-        _check_schedule(obj.temperature, src, p + "temperature", positive=True)
-    elif isinstance(obj, FinetuneConfig):
+        check_schedule(obj.alpha_soft, src, p + "alpha_soft", positive=False)
+        check_schedule(obj.temperature, src, p + "temperature", positive=True)
+    elif section == "FinetuneConfig":
         if obj.lr <= 0:
             _fail(src, p + "lr", "a positive number", obj.lr)
         if obj.epochs <= 0:
@@ -108,10 +107,10 @@ def check_values(obj: Any, src: str, prefix: str) -> None:
         if any(v <= 0 for v in obj.lr_grid):
             _fail(src, p + "lr_grid", "positive learning rates (or [] for no selection)", list(obj.lr_grid))
         _check_per_task(obj, src, p)
-    elif isinstance(obj, StudiesConfig):
+    elif section == "StudiesConfig":
         for name, spec in obj.soft_weight.items():
-            _check_schedule(spec, src, f"{p}soft_weight.{name}", positive=False)
-    elif isinstance(obj, LaunchConfig):
+            check_schedule(spec, src, f"{p}soft_weight.{name}", positive=False)
+    elif section == "LaunchConfig":
         if obj.num_threads is not None and obj.num_threads < 1:
             _fail(src, p + "num_threads", "an integer >= 1 or null (torch's default)", obj.num_threads)
         if obj.num_processes < 1:
@@ -125,7 +124,7 @@ def check_values(obj: Any, src: str, prefix: str) -> None:
         if not 0 < obj.assumed_mfu <= 1:
             _fail(src, p + "assumed_mfu", "a fraction in (0, 1]", obj.assumed_mfu)
         _check_machines(obj, src, p)
-    elif isinstance(obj, Config):
+    elif section == "Config":
         if not PROFILE_NAME.fullmatch(obj.profile or ""):
             _fail(src, "profile", "a plain name (letters, digits, _ . + - and spaces; the folder "
                   "<outputs>/<profile>: no / and no leading dot)", obj.profile)
@@ -157,7 +156,6 @@ def _check_machines(la: LaunchConfig, src: str, p: str) -> None:
 
 def _check_per_task(ft: FinetuneConfig, src: str, p: str) -> None:
     """Per-task settings name known GLUE tasks and hold positive numbers (caps: integers >= 1 or null)."""
-    from dwt_lib.data.glue import TASKS
     if ft.max_seq_length < 8:
         _fail(src, p + "max_seq_length", "an integer >= 8", ft.max_seq_length)
     for k in ("epochs_per_task", "lr_per_task", "max_train_examples_per_task", "max_seq_length_per_task"):
@@ -183,38 +181,22 @@ def _check_per_task(ft: FinetuneConfig, src: str, p: str) -> None:
             _fail(src, p + k, "an integer >= 1 or null (the whole split)", getattr(ft, k))
 
 
-def _check_schedule(spec: dict, src: str, key: str, positive: bool) -> None:
-    from dwt_lib.config.schedules import ScheduleError, make_schedule
-    try:
-        f = make_schedule(spec)
-    except ScheduleError as e:
-        raise ConfigError(f"{src}: {key}: {e}") from None
-    for k, v in spec.items():
-        if isinstance(v, float) and not math.isfinite(v):
-            _fail(src, f"{key}.{k}", "a finite number", v)
-    for s in (0, 1, 50, 99, 100):
-        v = f(s, 100)
-        if not math.isfinite(v) or (positive and v <= 0) or v < 0:
-            _fail(src, key, "a schedule of positive values" if positive else "a schedule of values >= 0", spec)
-
-
 def _check_models(cfg: Config, src: str) -> None:
-    from dwt_lib.models import encoder as models
     for name, spec in cfg.model.sizes.items():
         try:
-            models.size_from_spec(spec)
-        except models.SizeError as e:
+            size_from_spec(spec)
+        except SizeError as e:
             key = f"model.sizes.{name}" + (f".{e.key}" if e.key else "")
             raise ConfigError(f"{src}: {key}: {e}") from None
     sizes = [("model.student", cfg.model.student)] + [
         (f"model.teachers.{r}", s) for r, s in cfg.model.teachers.items()]
     for key, name in sizes:
-        if name not in cfg.model.sizes and name not in models.SIZES:
+        if name not in cfg.model.sizes and name not in SIZES:
             defined = f"model.sizes: {', '.join(sorted(cfg.model.sizes))}; " if cfg.model.sizes else ""
             raise ConfigError(f"{src}: {key}: unknown model size {name!r}: neither in model.sizes nor a "
-                              f"preset ({defined}presets: {', '.join(sorted(models.SIZES))})")
+                              f"preset ({defined}presets: {', '.join(sorted(SIZES))})")
     for key, name in sizes:
-        pinned = models.resolve_size(name, cfg.model.sizes).get("vocab_size")
+        pinned = resolve_size(name, cfg.model.sizes).get("vocab_size")
         if pinned is not None and pinned != cfg.data.vocab_size:
             raise ConfigError(f"{src}: {key}: size {name!r} has vocab {pinned}, but data.vocab_size is "
                               f"{cfg.data.vocab_size}: teacher and student must share one vocabulary")
@@ -223,7 +205,6 @@ def _check_models(cfg: Config, src: str) -> None:
             raise ConfigError(f"{src}: studies.teacher_quality: teacher {role!r} is not in model.teachers "
                               f"({', '.join(cfg.model.teachers)})")
     _check_pretrain_seeds(cfg, src)
-    from dwt_lib.config.arms import check_arms
     check_arms(cfg, src)
     for k in ("param_remap_teacher", "soft_weight_teacher"):
         role = getattr(cfg.studies, k)
@@ -233,7 +214,6 @@ def _check_models(cfg: Config, src: str) -> None:
 
 
 def _check_pretrain_seeds(cfg: Config, src: str) -> None:
-    from dwt_lib.studies.identity import arm_names
     known = arm_names(cfg) if cfg.studies.pretrain_seeds else []
     for name, seeds in cfg.studies.pretrain_seeds.items():
         key = f"studies.pretrain_seeds.{name}"

@@ -20,11 +20,9 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+from dwt_lib.core.errors import ConfigError, ScheduleError
+
 Schedule = Callable[[int, int], float]
-
-
-class ScheduleError(ValueError):
-    """A schedule spec is malformed; the message says what a valid spec looks like."""
 
 
 _KEYS = {
@@ -93,3 +91,20 @@ def _progress(step: int, total: int) -> float:
     if total <= 0:
         raise ScheduleError(f"total_steps must be positive, got {total}")
     return min(max(step / total, 0.0), 1.0)
+
+
+def check_schedule(spec: dict, src: str, key: str, positive: bool) -> None:
+    """A schedule in a profile (``src``, at ``key``) that builds and gives finite values (positive ones where
+    ``positive``); else one :class:`ConfigError` naming the file and key."""
+    try:
+        f = make_schedule(spec)
+    except ScheduleError as e:
+        raise ConfigError(f"{src}: {key}: {e}") from None
+    for k, v in spec.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{src}: {key}.{k}: expected a finite number, got {v!r}")
+    for s in (0, 1, 50, 99, 100):
+        v = f(s, 100)
+        if not math.isfinite(v) or (positive and v <= 0) or v < 0:
+            what = "a schedule of positive values" if positive else "a schedule of values >= 0"
+            raise ConfigError(f"{src}: {key}: expected {what}, got {spec!r}")

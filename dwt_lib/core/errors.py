@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
 import sys
 import traceback
 from typing import Optional
@@ -53,6 +54,34 @@ class UnknownTaskError(DwtError, KeyError):
 
 class PreflightError(DwtError):
     """A check made before any work failed (data not readable, outputs not writable, no room)."""
+
+
+class ConfigError(ValueError):
+    """A params file (or an override) is invalid; the message names file and key path."""
+
+
+class DataSourceError(RuntimeError):
+    """A dataset or tokenizer is neither in the sample, nor in the local mirror, nor reachable on the Hub."""
+
+
+class CorpusError(ValueError):
+    """A corpus that cannot be used as configured (missing column, no documents)."""
+
+
+class SizeError(ValueError):
+    """A size in a profile is invalid; ``key`` is the offending key inside the size ('' for the size)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+class ScheduleError(ValueError):
+    """A schedule spec is malformed; the message says what a valid spec looks like."""
+
+
+class NodeError(DwtError):
+    """Another node did not start, cannot see the shared folders, or stopped answering."""
 
 
 class NonFiniteLossError(DwtError, FloatingPointError):
@@ -116,11 +145,6 @@ def _worker(e) -> str:
 
 def message(exc: BaseException) -> Optional[str]:
     """The one line for an expected error (without the ``dwt: `` prefix), or None for a bug."""
-    import subprocess
-
-    from dwt_lib.config.schema import ConfigError
-    from dwt_lib.data.prepare import DataSourceError
-    from dwt_lib.data.pipeline import CorpusError
     if isinstance(exc, Interrupted):
         return exc.message
     if isinstance(exc, KeyboardInterrupt):

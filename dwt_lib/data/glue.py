@@ -25,46 +25,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-
-@dataclass(frozen=True)
-class GlueTask:
-    """What a GLUE task looks like in ``nyu-mll/glue``."""
-    name: str
-    text_keys: tuple[str, ...]          # one column (single sentence) or two (sentence pair)
-    num_labels: int                     # 1 for regression (STS-B)
-    metric: str                         # what ``score`` is, in words
-    validation_split: str = "validation"
-    is_regression: bool = False
-
-
-TASKS: dict[str, GlueTask] = {t.name: t for t in (
-    GlueTask("mnli", ("premise", "hypothesis"), 3, "accuracy (matched)", "validation_matched"),
-    GlueTask("qqp", ("question1", "question2"), 2, "mean of F1 and accuracy"),
-    GlueTask("qnli", ("question", "sentence"), 2, "accuracy"),
-    GlueTask("sst2", ("sentence",), 2, "accuracy"),
-    GlueTask("cola", ("sentence",), 2, "Matthews correlation"),
-    GlueTask("stsb", ("sentence1", "sentence2"), 1, "mean of Pearson and Spearman", is_regression=True),
-    GlueTask("mrpc", ("sentence1", "sentence2"), 2, "mean of F1 and accuracy"),
-    GlueTask("rte", ("sentence1", "sentence2"), 2, "accuracy"),
-    GlueTask("wnli", ("sentence1", "sentence2"), 2, "accuracy"),
-)}
-
-
-def get_task(task: str) -> GlueTask:
-    """The :class:`GlueTask` of a name (case-insensitive); unknown names list the known ones."""
-    t = TASKS.get(task.lower())
-    if t is None:
-        from dwt_lib.core.errors import UnknownTaskError
-        raise UnknownTaskError(f"unknown GLUE task {task!r}", "finetune.tasks or --task",
-                               f"known tasks: {', '.join(TASKS)}")
-    return t
-
-
-def split_name(task: str, split: str) -> str:
-    """The dataset split to read: ``validation`` means the task's validation split
-    (``validation_matched`` for MNLI); any other name is taken as is."""
-    t = get_task(task)
-    return t.validation_split if split == "validation" else split
+from dwt_lib.config.tasks import TASKS, GlueTask, get_task, split_name  # noqa: F401  (importable from here)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -75,7 +36,7 @@ def _resolve(source: str) -> str:
 
 
 def _error(msg: str) -> Exception:
-    from dwt_lib.data.sources import DataSourceError
+    from dwt_lib.core.errors import DataSourceError
     return DataSourceError(msg)
 
 

@@ -35,14 +35,11 @@ import numpy as np
 from dwt_lib.data import corpus
 from dwt_lib.config.schema import BYTE_TOKENIZER
 from dwt_lib.data.sampling import interleave_order, sampling_plan, validation_from_draws, windows
+from dwt_lib.core.errors import CorpusError  # noqa: F401  (importable from here)
 
 TOKENIZER_SAMPLE_SENTENCES = 2_000_000   # tokenizer training reads at most this many training sentences
 BATCH_BYTES = 8 << 20                    # text per map batch (a few books, or ~5k Wikipedia articles)
 WINDOW_ITEMS = 1 << 16                   # block rows held by the main process per gather window (16 MiB at L=128)
-
-
-class CorpusError(ValueError):
-    """A corpus that cannot be used as configured (missing column, no documents)."""
 
 
 def _nproc(num_proc: Optional[int]) -> int:

@@ -25,10 +25,12 @@ import torch
 
 from dwt_lib.data import corpus, cache as datacache
 from dwt_lib.data.bytetok import BYTE_VOCAB_SIZE, byte_tokenizer
-from dwt_lib.config.schema import BYTE_TOKENIZER, Config, DataConfig, stable_hash
+from dwt_lib.config.schema import BYTE_TOKENIZER, Config, DataConfig
+from dwt_lib.core.hashing import stable_hash
 from dwt_lib.data.cache import TokenBlocks, cache_root  # noqa: F401  (cache_root: re-exported)
 # Source resolution (sample / mirror / Hub) is sources.py; these names stay importable from here.
-from dwt_lib.data.sources import (DataSourceError, data_dir, describe_sources, needs_source, require, require_source, resolve, resolve_corpus, sources_table, text_identity)  # noqa: F401
+from dwt_lib.core.errors import DataSourceError  # noqa: F401
+from dwt_lib.data.sources import (data_dir, describe_sources, needs_source, require, require_source, resolve, resolve_corpus, sources_table, text_identity)
 
 # Bump when a change here or in corpus.py changes the processed data: it is part of the cache hash.
 DATA_CODE_VERSION = 3      # 3: deterministic tokenizer training (see train_tokenizer)

@@ -27,13 +27,10 @@ from typing import Optional
 
 from dwt_lib.core import paths
 from dwt_lib.config.schema import BYTE_TOKENIZER, TRAINED_TOKENIZER
+from dwt_lib.core.errors import DataSourceError  # noqa: F401  (importable from here)
 
 SAMPLE_DIR = paths.SAMPLE_DIR
 SAMPLE_PREFIX = "sample:"
-
-
-class DataSourceError(RuntimeError):
-    """A dataset or tokenizer is neither in the sample, nor in the local mirror, nor reachable on the Hub."""
 
 
 def needs_source(dc) -> bool:

@@ -114,7 +114,7 @@ def premise_curves(result_path: Path):
     from the curves in ``results/teacher_quality.json``; the verdict of :func:`dwt_lib.premise.premise`
     in the title."""
     from dwt_lib.studies.premise import premise
-    from dwt_lib.studies.identity import split_seed
+    from dwt_lib.config.arms import split_seed
     res = read_json(result_path)
     p = premise(res)
     blues = ["#1f3b73", "#4C72B0", "#8fb0e0", "#c5d6f0"]

@@ -24,7 +24,8 @@ from filelock import FileLock, Timeout
 
 from dwt_lib.runs import integrity
 from dwt_lib.core.io import FILE_MODE, atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: F401
-from dwt_lib.config.schema import Config, stable_hash
+from dwt_lib.config.schema import Config
+from dwt_lib.core.hashing import stable_hash
 from dwt_lib.core.errors import DamagedFileError, Interrupted
 from dwt_lib.runs.machine import machine
 from dwt_lib.core.paths import REPO, outputs_root  # noqa: F401  (REPO: importable from here)

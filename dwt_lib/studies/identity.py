@@ -28,8 +28,9 @@ from typing import Optional
 from dwt_lib.config import arms as beyond
 from dwt_lib.runs import integrity, registry as runs
 from dwt_lib.studies import nodes
-from dwt_lib.config.schema import Config, jsonable
-from dwt_lib.config.rules import SEED_LIMIT
+from dwt_lib.config.schema import Config
+from dwt_lib.core.hashing import jsonable
+from dwt_lib.config.arms import SEED_MARK, arm_names, base_arm_names, split_seed  # noqa: F401  (importable from here)
 from dwt_lib.core.errors import UnknownNameError
 from dwt_lib.runs.registry import Run, atomic_write_json, outputs_dir
 
@@ -48,7 +49,7 @@ def _base_key(cfg: Config, size: str) -> dict:
     # (e.g. a new tokenizer training) and with the dataset actually read (Hub, mirror stand-in, sample),
     # each of which gives other token ids, so a run on other data never resumes or reuses this one.
     from dwt_lib.data.prepare import data_hash
-    from dwt_lib.models.encoder import resolve_size
+    from dwt_lib.config.sizes import resolve_size
     # "arch" and "initializer_range" enter only when not at their defaults (bert, the arch's own), so every run
     # from before they existed keeps its id (tests/test_golden_ids.py).
     pretrain = {k: v for k, v in jsonable(cfg.pretrain).items() if k not in BOOKKEEPING}
@@ -85,22 +86,6 @@ def pretrain_run(cfg: Config, name: str, size: str, teacher: Optional[Run] = Non
     if grow is not None:
         key["grow"] = grow
     return Run(kind=kind, name=name, key=jsonable(key), root=outputs_dir(cfg))
-
-
-SEED_MARK = ":s"
-
-
-def split_seed(name: str) -> tuple[str, Optional[int]]:
-    """``"student:s43"`` -> ``("student", 43)``; a name without a seed -> ``(name, None)``. Only ASCII digits
-    make a seed (``str.isdigit`` also accepts ``²``, which ``int`` refuses); a seed outside [0, 2^32) is an
-    :class:`~dwt_lib.errors.UnknownNameError` naming the range."""
-    base, mark, seed = name.rpartition(SEED_MARK)
-    if not (mark and base and re.fullmatch(r"[0-9]+", seed)):
-        return name, None
-    if int(seed) >= SEED_LIMIT:
-        raise UnknownNameError(f"pre-training seed {seed} in run name {name!r} is out of range", "--run",
-                               f"use a seed in [0, 2^32), e.g. {base}{SEED_MARK}43")
-    return base, int(seed)
 
 
 def pretrain_seed(cfg: Config, name: str) -> int:
@@ -169,20 +154,6 @@ def teacher_name(cfg: Config, name: str) -> Optional[str]:
         role = beyond.run_settings(cfg, name[len(beyond.PREFIX):])["teacher_role"]
         return f"teacher-{role}" if role else None
     return None
-
-
-def base_arm_names(cfg: Config) -> list[str]:
-    """Every arm of the paper's three studies (one name each, at ``pretrain.seed``), teachers first."""
-    roles = list(cfg.model.teachers)
-    return ([f"teacher-{r}" for r in roles] + ["student"]
-            + [f"dwt-{r}" for r in cfg.studies.teacher_quality]
-            + [f"soft-{v}" for v in cfg.studies.soft_weight]
-            + [f"remap-{cfg.studies.param_remap_teacher}"])
-
-
-def arm_names(cfg: Config) -> list[str]:
-    """Every arm of the studies, the paper's three and notebook 06's (``beyond-<arm>``), teachers first."""
-    return base_arm_names(cfg) + [beyond.run_name(a) for a in cfg.studies.beyond]
 
 
 def all_run_names(cfg: Config) -> list[str]:
@@ -271,7 +242,7 @@ def _launch_workers(cfg: Config, run: Run) -> dict:
 
 def finetune_run(cfg: Config, pretrain_name: str, task: str, seed: int, fraction: float = 1.0) -> Run:
     """The fine-tuning run of one pre-training snapshot on one task with one seed."""
-    from dwt_lib.train.finetune import task_settings
+    from dwt_lib.config.tasks import task_settings
     base = named_run(cfg, pretrain_name)
     key = jsonable({"pretrain": base.id, "fraction": round(fraction, 4), "task": task, "seed": seed,
                      "finetune": task_settings(cfg.finetune, task)})
@@ -399,7 +370,7 @@ def finetune_parallel(cfg: Config, jobs: list[tuple], workers: int, progress: bo
 
 def _finetune_job(cfg_dict: dict, job: tuple, threads: int) -> float:
     import torch
-    from dwt_lib.config.schema import config_from_dict
+    from dwt_lib.config.load import config_from_dict
     torch.set_num_threads(threads)
     name, task, seed, fr = job
     return ensure_finetuned(config_from_dict(cfg_dict), name, task, seed, fr)["score"]

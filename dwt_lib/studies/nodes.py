@@ -32,8 +32,9 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
-from dwt_lib.config.schema import Config, config_from_dict
-from dwt_lib.core.errors import DwtError, message
+from dwt_lib.config.schema import Config
+from dwt_lib.config.load import config_from_dict
+from dwt_lib.core.errors import DwtError, NodeError, message  # noqa: F401
 from dwt_lib.core.paths import REPO, cache_root
 from dwt_lib.runs.registry import atomic_write_json, outputs_dir, read_json
 
@@ -42,10 +43,6 @@ SESSION_ENV = "DWT_NODES_SESSION"
 #: This node's rank, set from ``--node-rank``; read before ``launch.node_rank_env``.
 RANK_ENV = "DWT_NODE_RANK"
 POLL_S = 0.2
-
-
-class NodeError(DwtError):
-    """Another node did not start, cannot see the shared folders, or stopped answering."""
 
 
 def nodes_dir(cfg: Config) -> Path:

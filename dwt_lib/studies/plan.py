@@ -205,11 +205,6 @@ def format_data_estimate(e: dict) -> str:
 #: A fine-tuning step of a small BERT on a GPU is bound by kernel launches and host syncs, not by FLOPs:
 #: about this long at batch 32 whatever the width up to ~512 (bench/gpu_study.py measures it).
 ASSUMED_FINETUNE_STEP_S = 0.005
-#: Train split sizes of the Hub's GLUE, for a plan made without the data at hand.
-GLUE_TRAIN_SIZES = {"cola": 8551, "sst2": 67349, "mrpc": 3668, "stsb": 5749, "rte": 2490, "wnli": 635,
-                    "mnli": 392702, "qqp": 363846, "qnli": 104743}
-
-
 def finetune_jobs(cfg: Config) -> list[tuple[str, float, str, int]]:
     """Every distinct fine-tuning run the three studies need: (pre-training run, fraction, task, seed).
 
@@ -248,7 +243,7 @@ def finetune_steps(cfg: Config, task: str) -> int:
     ft = cfg.finetune
     # the size in the local copy when there is one; else the Hub's (a plan downloads nothing)
     n = split_size(task, "train", ft.source) if Path(_resolve(ft.source)).is_dir() else None
-    n = n if n is not None else GLUE_TRAIN_SIZES[task]
+    n = n if n is not None else get_task(task).train_size
     if ft.max_train_examples is not None:
         n = min(n, ft.max_train_examples)
     epochs = float(ft.epochs_per_task.get(task, ft.epochs))

@@ -53,7 +53,8 @@ def _fractions_known(cfg: Config, fractions: Iterable[float]) -> None:
 
 
 def _glue_readable(cfg: Config, tasks: Sequence[str]) -> None:
-    from dwt_lib.data.glue import check_split, get_task
+    from dwt_lib.data.glue import check_split
+    from dwt_lib.config.tasks import get_task
     for task in tasks:
         get_task(task)                          # unknown names first: they need no data
     for task in tasks:

@@ -31,7 +31,7 @@ TREND_MAX_FACTOR = 1000.0
 def mean_curve(curves: dict, arm: str) -> list[tuple[float, float]]:
     """(tokens, held-out loss) of ``arm`` averaged over its pre-training seeds (``arm``, ``arm:s43``, ...)
     at the evaluation points they share."""
-    from dwt_lib.studies.identity import split_seed
+    from dwt_lib.config.arms import split_seed
     runs = [c for n, c in curves.items() if split_seed(n)[0] == arm and c]
     if not runs:
         return []

@@ -16,7 +16,8 @@ from dwt_lib.data.glue import glue_average
 from dwt_lib.studies.premise import premise_check  # noqa: F401  (re-exported: the summary's first sentence)
 from dwt_lib.runs.registry import outputs_dir, read_json, write_result
 from dwt_lib.runs.registry import read_log as read_log_file
-from dwt_lib.studies.identity import (ensure_pretrained, named_run, pretrain_seed, seed_runs, selected_lrs, split_seed, study_runs, study_scores, with_lrs)
+from dwt_lib.studies.identity import (ensure_pretrained, named_run, pretrain_seed, seed_runs, selected_lrs, study_runs, study_scores, with_lrs)
+from dwt_lib.config.arms import split_seed
 
 # A layer index in a state-dict name of either architecture (bert.encoder.layer.3. / model.layers.3.).
 _LAYER_INDEX = re.compile(r"(?:encoder\.layer|layers)\.(\d+)\.")

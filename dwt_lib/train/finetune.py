@@ -21,38 +21,18 @@ import torch
 import torch.nn.functional as F
 
 from dwt_lib.core.errors import NonFiniteLossError, diverged_fix
-from dwt_lib.data.glue import TASKS, collate, compute_metrics, get_task, glue_average, load_glue
+from dwt_lib.config.tasks import finetune_section, task_settings  # noqa: F401  (task_settings: importable from here)
+from dwt_lib.config.tasks import TASKS, get_task
+from dwt_lib.data.glue import collate, compute_metrics, glue_average, load_glue
 from dwt_lib.models.encoder import arch_of, classifier_logits, use_device_attention
 
 MAX_GRAD_NORM = 1.0   # HF Trainer default (run_glue); the paper is silent
-
-
-def _finetune_cfg(cfg):
-    return getattr(cfg, "finetune", cfg)   # accept a whole Config or its finetune section
 
 
 def _pick_device(device: str) -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(device)
-
-
-def task_settings(cfg_finetune, task: str) -> dict:
-    """The settings one task is fine-tuned with: the profile's ``finetune`` section with the per-task
-    keys (``lr_per_task``, ``epochs_per_task``, ``max_train_examples_per_task``, ``max_seq_length_per_task``)
-    resolved for ``task`` and dropped. This dict is what a fine-tuning run's identity hashes, so changing CoLA's learning
-    rate leaves the SST-2 runs as they are."""
-    from dataclasses import asdict
-    ft = _finetune_cfg(cfg_finetune)
-    name = get_task(task).name
-    out = {k: v for k, v in asdict(ft).items()
-           if k not in ("tasks", "seeds", "lr_per_task", "epochs_per_task", "max_train_examples_per_task",
-                        "lr_grid", "max_seq_length_per_task")}
-    out["lr"] = float(ft.lr_per_task.get(name, ft.lr))
-    out["epochs"] = float(ft.epochs_per_task.get(name, ft.epochs))
-    out["max_train_examples"] = ft.max_train_examples_per_task.get(name, ft.max_train_examples)
-    out["max_seq_length"] = ft.max_seq_length_per_task.get(name, ft.max_seq_length)
-    return out
 
 
 class LengthGroupedBatches:
@@ -152,7 +132,7 @@ def finetune(model_path_or_model, task: str, cfg_finetune, tokenizer, seed: int,
     """
     from transformers import get_linear_schedule_with_warmup, set_seed
     t0 = time.perf_counter()
-    ft = _finetune_cfg(cfg_finetune)
+    ft = finetune_section(cfg_finetune)
     t = get_task(task)
     ts = task_settings(ft, t.name)
     dev = _pick_device(device)

@@ -11,7 +11,7 @@ DWT (Eq. 3: a_h * MLM + a_s(t) * tau(t)^2 * KL(teacher || student)). Read it top
 3. the step: encoder on all positions, MLM head only on the selected positions
    (:class:`dwt_lib.models.SparseMLM`), teacher (or notebook 06's label-smoothed target) under
    ``no_grad`` in eval mode; a_s from its schedule, or the teacher-aware weight
-   (:class:`dwt_lib.beyond.TeacherAwareWeight`, whose running means go into every checkpoint);
+   (:class:`dwt_lib.models.targets.TeacherAwareWeight`, whose running means go into every checkpoint);
 4. bookkeeping: JSON-lines log, held-out MLM eval, full checkpoints, model snapshots at
    fractions of training, and a stop on the first non-finite loss.
 """
@@ -31,11 +31,12 @@ import numpy as np
 import torch
 
 from dwt_lib.runs import checkpoints, integrity
-from dwt_lib.config.arms import soft_weight
+from dwt_lib.models.targets import soft_weight
 from dwt_lib.runs.checkpoints import rng_state as _rng_state
 from dwt_lib.runs.checkpoints import set_rng_state as _set_rng_state
 from dwt_lib.runs.checkpoints import truncate_log as _truncate_log
-from dwt_lib.config.schema import Config, ConfigError
+from dwt_lib.config.schema import Config
+from dwt_lib.core.errors import ConfigError
 from dwt_lib.core.errors import DiskFullError, NonFiniteLossError, disk_full, diverged_fix
 from dwt_lib.models.growth import gate_value, ramp_steps
 from dwt_lib.models.losses import hard_loss, soft_loss
@@ -103,7 +104,7 @@ def dwt_losses(model, teacher, ids, attn, select, y, *, autocast=contextlib.null
     where the hard loss ignores one). The parts are scaled by ``n_selected / n_hard`` and
     ``n_selected / n_soft`` so that summing micro-batches gives the mean over the global batch's
     ``n_hard`` masked and ``n_soft`` soft-loss tokens; None means this micro-batch is the batch.
-    A ``teacher`` with ``uses_labels`` (:class:`dwt_lib.beyond.SmoothedTarget`) is called with ``y``.
+    A ``teacher`` with ``uses_labels`` (:class:`dwt_lib.models.targets.SmoothedTarget`) is called with ``y``.
     With an ``extras`` dict, the teacher's own hard loss on the same tokens (same scaling) goes to
     ``extras["teacher_hard"]``: the teacher-aware soft weight compares it with the student's.
     """
@@ -223,7 +224,7 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
             gates = grow_student(teacher.mlm, mlm, out, data, tok, cfg.data.mlm_probability,
                                  save=main and not (out / "init").exists())
     elif key.get("target"):                      # notebook 06: label-smoothed targets instead of a teacher
-        from dwt_lib.config.arms import SmoothedTarget
+        from dwt_lib.models.targets import SmoothedTarget
         teacher = SmoothedTarget(vocab, key["target"]["epsilon"])
     if key.get("init", "random") != "random" and not key.get("teacher"):
         raise ValueError(f"run {run.name}: init {key['init']!r} needs a teacher")
