@@ -1,7 +1,7 @@
 """Tokenize + pack throughput of the data pipeline against raw ``tokenizers`` ``encode_batch``.
 
 Both paths tokenize the same sentences (cleaned and split from the offline corpora, not timed) with
-BERT's uncased WordPiece. The pipeline path is ``data.tokenize_documents`` + ``data.pack_blocks``;
+BERT's uncased WordPiece. The pipeline path is ``tokens.tokenize_documents`` + ``tokens.pack_blocks``;
 the raw path is one ``Tokenizer.encode_batch`` call. Prints tokens/s of each and
 ``data_pipeline_vs_raw_encode_batch: <ratio> (target >= 0.7)``; exits 1 when the target is missed.
 
@@ -14,7 +14,7 @@ import argparse
 import sys
 import time
 
-from dwt_lib.data import corpus, prepare as data
+from dwt_lib.data import corpus, tokens, prepare as data
 from dwt_lib.config.load import load_params
 
 TARGET = 0.7
@@ -40,7 +40,7 @@ def run(words: int = 5_000_000, max_seq_length: int = 128) -> dict:
     """Time both paths on about ``words`` words (0 = all) and return the numbers, ratio included."""
     docs, t_text = _sentences(words)
     n_words = sum(len(s.split()) for d in docs for s in d)
-    tok = data.load_tokenizer("google-bert/bert-base-uncased")
+    tok = tokens.load_tokenizer("google-bert/bert-base-uncased")
     flat = [s for d in docs for s in d]
     backend = tok.backend_tokenizer
 
@@ -51,9 +51,9 @@ def run(words: int = 5_000_000, max_seq_length: int = 128) -> dict:
     del enc
 
     t = time.time()
-    ids = data.tokenize_documents(docs, tok)
+    ids = tokens.tokenize_documents(docs, tok)
     t_tok = time.time() - t
-    blocks = data.pack_blocks(ids, max_seq_length, tok.cls_token_id, tok.sep_token_id, tok.pad_token_id)
+    blocks = tokens.pack_blocks(ids, max_seq_length, tok.cls_token_id, tok.sep_token_id, tok.pad_token_id)
     t_pipe = time.time() - t
     res = {"words": n_words, "sentences": len(flat), "tokens": n_tokens, "blocks": int(len(blocks)),
            "text_seconds": t_text, "raw_seconds": t_raw, "pipeline_seconds": t_pipe,

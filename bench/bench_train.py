@@ -38,10 +38,12 @@ import torch
 import torch.nn.functional as F
 
 from dwt_lib.config.load import load_params
-from dwt_lib.data.prepare import mask_tokens, prepare_pretraining_data
+from dwt_lib.data.masking import mask_tokens
+from dwt_lib.data.prepare import prepare_pretraining_data
 from dwt_lib.models.losses import hard_loss
 from dwt_lib.models.encoder import SparseMLM, build_model, train_flops_per_sequence, use_device_attention
-from dwt_lib.train.pretrain import dwt_losses, lr_lambda, make_optimizer
+from dwt_lib.train.pretrain import dwt_losses
+from dwt_lib.train.steps import lr_lambda, make_optimizer
 
 BATCH, SEQ = 32, 128
 STUDENT, TEACHER = "mini-student", "mini-teacher-4l"

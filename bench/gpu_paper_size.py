@@ -25,9 +25,10 @@ import time
 import torch
 
 from dwt_lib.config.load import load_params
-from dwt_lib.data.prepare import mask_tokens
+from dwt_lib.data.masking import mask_tokens
 from dwt_lib.models.encoder import SparseMLM, build_model, train_flops_per_sequence, use_device_attention
-from dwt_lib.train.pretrain import dwt_losses, make_optimizer
+from dwt_lib.train.pretrain import dwt_losses
+from dwt_lib.train.steps import make_optimizer
 
 
 class _BertUncasedIds:

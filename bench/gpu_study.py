@@ -27,10 +27,12 @@ import time
 import torch
 
 from dwt_lib.config.load import load_params
-from dwt_lib.data.prepare import SPECIAL_TOKENS, mask_tokens
+from dwt_lib.data.tokens import SPECIAL_TOKENS
+from dwt_lib.data.masking import mask_tokens
 from dwt_lib.models.encoder import (SparseMLM, build_model, classifier_logits, train_flops_per_sequence, use_device_attention)
 from dwt_lib.config.sizes import resolve_size
-from dwt_lib.train.pretrain import Prefetcher, batch_indices, dwt_losses, make_optimizer
+from dwt_lib.train.steps import Prefetcher, batch_indices, make_optimizer
+from dwt_lib.train.pretrain import dwt_losses
 
 SMOKE = {"model.sizes": {"s": {"layers": 2, "hidden": 32, "heads": 2}, "t": {"layers": 1, "hidden": 32, "heads": 2}},
          "model.student": "s", "model.teachers": {"weak": "t"}, "studies.teacher_quality": ["weak"], "studies.beyond": {},

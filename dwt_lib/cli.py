@@ -174,7 +174,8 @@ def cmd_worker(args) -> int:
 
     from dwt_lib.config.load import config_from_dict
     from dwt_lib.train.pretrain import train
-    from dwt_lib.runs.registry import Run, atomic_write_json, read_json
+    from dwt_lib.runs.registry import Run, read_json
+    from dwt_lib.core.io import atomic_write_json
     d = Path(args.run_dir)
     cfg = config_from_dict(read_json(d / "config.json"))
     meta = read_json(d / "run.json")

@@ -13,7 +13,8 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer
 from dwt_lib.models import growth
 from dwt_lib.core.errors import ConfigError
 from dwt_lib.config.load import load_params
-from dwt_lib.data.prepare import load_tokenizer, mask_tokens
+from dwt_lib.data.tokens import load_tokenizer
+from dwt_lib.data.masking import mask_tokens
 from dwt_lib.models.losses import hard_loss, soft_loss
 from dwt_lib.models.encoder import (SparseMLM, arch_of, build_model, count_parameters, train_flops_per_sequence, use_device_attention)
 from dwt_lib.train.pretrain import dwt_losses, save_model

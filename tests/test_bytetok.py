@@ -9,7 +9,9 @@ from transformers import AutoTokenizer
 
 from dwt_lib.data import bytetok
 from dwt_lib.config.load import load_params
-from dwt_lib.data.prepare import data_hash, load_tokenizer, mask_tokens, prepare_pretraining_data, vocab_size
+from dwt_lib.data.prepare import data_hash, prepare_pretraining_data
+from dwt_lib.data.tokens import load_tokenizer, vocab_size
+from dwt_lib.data.masking import mask_tokens
 from dwt_lib.data.glue import load_glue
 
 TEXT = "Héllo,  wörld!\tTab\nnew line ✓ 🙂 end "

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dwt_lib.data import corpus, prepare as data
+from dwt_lib.data import corpus, masking, tokens, prepare as data
 from dwt_lib.config.load import load_params
 
 # 4 documents per corpus of the sample: 1,104 sentences, so 1-in-4 sampling gives 276 > 200.
@@ -79,7 +79,7 @@ def test_blocks_start_with_cls_end_with_sep_and_never_mix_documents():
             [[300, 301], [302], [303 + i for i in range(12)]],        # 2 + 1 + 10 = 13: 2 blocks, tail 3 < 8 dropped
             [[400, 401, 402]],                                        # short doc: its only block, padded
             []]
-    b = data.pack_blocks(docs, L, cls_id=2, sep_id=3, pad_id=0)
+    b = tokens.pack_blocks(docs, L, cls_id=2, sep_id=3, pad_id=0)
     assert b.shape == (4, L) and b.dtype == np.int32
     assert (b[:, 0] == 2).all() and ((b == 3).sum(1) == 1).all()
     for row in b:
@@ -112,8 +112,9 @@ def test_real_blocks_are_well_formed(small):
 def test_second_call_is_a_cache_hit(small, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("cache miss: the pipeline ran again")
-    for name in ("build", "tokenize_documents", "train_tokenizer", "pack_blocks"):
-        monkeypatch.setattr(data, name, boom)
+    monkeypatch.setattr(data, "build", boom)          # where prepare_pretraining_data calls it
+    for name in ("tokenize_documents", "train_tokenizer", "pack_blocks"):
+        monkeypatch.setattr(tokens, name, boom)       # where they are defined (the pipeline calls them through it)
     again = data.prepare_pretraining_data(load_params("smoke", SMALL))
     assert again.hash == small.hash and again.cache_dir == small.cache_dir
     assert torch.equal(again.train[:], small.train[:]) and torch.equal(again.validation[:], small.validation[:])
@@ -144,7 +145,7 @@ def reference(dc, tok):
     tr = [s for s, v in zip(sampled, is_val) if not v]
     va = [s for s, v in zip(sampled, is_val) if v]
     kw = dict(cls_id=tok.cls_token_id, sep_id=tok.sep_token_id, pad_id=tok.pad_token_id, dtype=np.uint16)
-    blocks = [data.pack_blocks(data.tokenize_documents(x, tok), dc.max_seq_length, **kw) for x in (tr, va)]
+    blocks = [tokens.pack_blocks(tokens.tokenize_documents(x, tok), dc.max_seq_length, **kw) for x in (tr, va)]
     return blocks, [s for d in tr for s in d], {
         "documents": len(docs), "validation_documents": sum(is_val),
         "sentences_before_sampling": sum(map(len, sents)), "sentences_after_sampling": sum(map(len, sampled)),
@@ -159,19 +160,19 @@ def test_pipeline_equals_the_list_reference(small):
     assert {k: small.stats[k] for k in counts} == counts
     # the tokenizer: trained on every sampled training sentence, in order, deterministically
     assert small.stats["tokenizer_training_sentences"] == len(train_sentences)
-    assert data.train_tokenizer(train_sentences, dc.vocab_size).get_vocab() == small.tokenizer.get_vocab()
+    assert tokens.train_tokenizer(train_sentences, dc.vocab_size).get_vocab() == small.tokenizer.get_vocab()
 
 
 def test_tokenizer_training_is_deterministic_and_matches_wordpiece():
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
     docs = corpus.load_documents(load_params("smoke").data.corpora[:1], 200, resolve=data.resolve)   # Wikipedia
     sents = [s for d in corpus.document_sentences(docs) for s in d][:3000]
-    a, b = (data.train_tokenizer(iter(sents), 500) for _ in range(2))
+    a, b = (tokens.train_tokenizer(iter(sents), 500) for _ in range(2))
     assert a.get_vocab() == b.get_vocab() and len(a) == 500
     ref = Tokenizer(models.WordPiece(unk_token="[UNK]"))      # tokenizers' own (non-deterministic) trainer
     ref.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=None, clean_text=True)
     ref.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    ref.train_from_iterator(sents, trainers.WordPieceTrainer(vocab_size=500, special_tokens=data.SPECIAL_TOKENS,
+    ref.train_from_iterator(sents, trainers.WordPieceTrainer(vocab_size=500, special_tokens=tokens.SPECIAL_TOKENS,
                                                              min_frequency=2, show_progress=False))
     ours, theirs = set(a.get_vocab()), set(ref.get_vocab())
     assert len(ours ^ theirs) <= 6 and {"##s", "the"} <= ours          # the same pieces, up to merge ties
@@ -261,7 +262,7 @@ def test_missing_column_or_empty_corpus_is_one_clear_error(hub_like, tmp_path, m
 
 @pytest.fixture(scope="module")
 def bert():
-    return data.load_tokenizer("sample:google-bert/bert-base-uncased")
+    return tokens.load_tokenizer("sample:google-bert/bert-base-uncased")
 
 
 def _batch(tok, n=400, L=64, seed=0):
@@ -277,7 +278,7 @@ def _batch(tok, n=400, L=64, seed=0):
 
 def test_masking_rates_and_special_tokens(bert):
     x = _batch(bert)
-    out, labels = data.mask_tokens(x, bert, 0.15, torch.Generator().manual_seed(1))
+    out, labels = masking.mask_tokens(x, bert, 0.15, torch.Generator().manual_seed(1))
     special = torch.isin(x, torch.tensor(bert.all_special_ids))
     sel = labels != -100
     assert not (sel & special).any() and torch.equal(out[special], x[special])
@@ -290,14 +291,14 @@ def test_masking_rates_and_special_tokens(bert):
     assert abs(to_mask - 0.8) < 0.02 and abs(kept - 0.1) < 0.02 and abs(1 - to_mask - kept - 0.1) < 0.02
     assert not torch.isin(out[sel & (out != bert.mask_token_id)], torch.tensor(bert.all_special_ids)).any()
     assert torch.equal(out[~sel], x[~sel])
-    assert torch.equal(data.attention_mask(x, bert.pad_token_id), (x != bert.pad_token_id).long())
+    assert torch.equal(masking.attention_mask(x, bert.pad_token_id), (x != bert.pad_token_id).long())
 
 
 def test_masking_is_fully_determined_by_the_generator(bert):
     x = _batch(bert, n=32)
-    a = data.mask_tokens(x, bert, 0.15, torch.Generator().manual_seed(7))
-    b = data.mask_tokens(x, bert, 0.15, torch.Generator().manual_seed(7))
-    c = data.mask_tokens(x, bert, 0.15, torch.Generator().manual_seed(8))
+    a = masking.mask_tokens(x, bert, 0.15, torch.Generator().manual_seed(7))
+    b = masking.mask_tokens(x, bert, 0.15, torch.Generator().manual_seed(7))
+    c = masking.mask_tokens(x, bert, 0.15, torch.Generator().manual_seed(8))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[1], c[1])
     assert torch.equal(x, _batch(bert, n=32))                         # input left untouched

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from dwt_lib.core import paths
 from dwt_lib.data import prepare as data, cache as datacache
 from dwt_lib.config.load import load_params
 
@@ -54,9 +55,9 @@ def _same(a, b):
 def test_cache_follows_outputs_dir_unless_cache_dir_is_set(tmp_path, monkeypatch):
     monkeypatch.delenv("DWT_CACHE_DIR", raising=False)
     monkeypatch.delenv("DWT_OUTPUTS_DIR", raising=False)
-    assert datacache.cache_root() == REPO / "outputs" / ".cache"
+    assert paths.cache_root() == REPO / "outputs" / ".cache"
     monkeypatch.setenv("DWT_OUTPUTS_DIR", str(tmp_path / "out"))
-    assert datacache.cache_root() == tmp_path / "out" / ".cache"
+    assert paths.cache_root() == tmp_path / "out" / ".cache"
     assert data.cache_path(_cfg().data).parent == tmp_path / "out" / ".cache"
     monkeypatch.setenv("DWT_CACHE_DIR", str(tmp_path / "cache"))
     assert data.cache_path(_cfg().data).parent == tmp_path / "cache"

@@ -14,7 +14,8 @@ from dwt_lib import cli  # noqa: E402
 from dwt_lib.notebook import explore, plots
 from dwt_lib.studies import results
 from dwt_lib.config.load import load_params  # noqa: E402
-from dwt_lib.runs.registry import atomic_write_json, outputs_dir  # noqa: E402
+from dwt_lib.core.io import atomic_write_json  # noqa: E402
+from dwt_lib.runs.registry import outputs_dir
 from dwt_lib.studies.identity import named_run  # noqa: E402
 
 

@@ -10,7 +10,7 @@ import torch
 from dwt_lib.train import finetune as ft_mod
 from dwt_lib.models import encoder as models
 from dwt_lib.config.load import load_params
-from dwt_lib.data.prepare import load_tokenizer
+from dwt_lib.data.tokens import load_tokenizer
 
 
 @pytest.fixture(scope="module")

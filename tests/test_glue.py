@@ -12,7 +12,8 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 from dwt_lib.data import glue
 from dwt_lib.config.load import load_params
 from dwt_lib.core.errors import DataSourceError
-from dwt_lib.data.prepare import load_tokenizer, resolve
+from dwt_lib.data.tokens import load_tokenizer
+from dwt_lib.data.sources import resolve
 
 SOURCE = "sample:nyu-mll/glue"          # the smoke profile's source: no mirror, no network
 MIRROR = "nyu-mll/glue"

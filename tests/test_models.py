@@ -75,7 +75,8 @@ def test_profile_size_from_spec_and_lookup_order():
     ([6, 128, 2], "", "expected a mapping"),
 ])
 def test_profile_size_errors_name_the_key(spec, key, what):
-    from dwt_lib.config.sizes import SizeError, size_from_spec
+    from dwt_lib.core.errors import SizeError
+    from dwt_lib.config.sizes import size_from_spec
     with pytest.raises(SizeError, match=what) as e:
         size_from_spec(spec)
     assert e.value.key == key

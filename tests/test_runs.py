@@ -11,7 +11,8 @@ import pytest
 from dwt_lib import cli
 from dwt_lib.runs import registry as runs
 from dwt_lib.config.load import load_params
-from dwt_lib.runs.registry import Run, atomic_write_json, ensure, format_runs, list_runs
+from dwt_lib.runs.registry import Run, ensure, format_runs, list_runs
+from dwt_lib.core.io import atomic_write_json
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from dwt_lib.core import paths
 from dwt_lib.data import corpus, prepare as data, sources
 from dwt_lib.core.errors import ConfigError
 from dwt_lib.config.schema import CorpusSource
@@ -138,7 +139,7 @@ def test_sample_is_small_documented_and_has_real_label_ids():
 
 
 def test_sample_is_what_the_script_cuts_from_the_mirror(tmp_path):
-    real = sources.data_dir()
+    real = paths.data_root()
     if not (real / "corpora/wikipedia-en").is_dir() or not (real / "nyu-mll/glue").is_dir():
         pytest.skip(f"needs the offline mirror to re-cut the sample (no corpora/ or nyu-mll/glue under {real})")
     out = tmp_path / "sample"

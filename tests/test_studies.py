@@ -149,11 +149,11 @@ def test_reproduce_failing_cell_names_notebook_and_cell(tmp_path, monkeypatch, c
 
 def test_run_identity_follows_the_processed_data(monkeypatch):
     """A change of the data code (another tokenizer) or of the dataset read gives another run id."""
-    from dwt_lib.data import prepare as data
+    from dwt_lib.data import tokens
     from dwt_lib.studies import identity as studies
     cfg = load_params("smoke")
     before = studies.named_run(cfg, "student").id
-    monkeypatch.setattr(data, "DATA_CODE_VERSION", data.DATA_CODE_VERSION + 1)
+    monkeypatch.setattr(tokens, "DATA_CODE_VERSION", tokens.DATA_CODE_VERSION + 1)
     assert studies.named_run(cfg, "student").id != before
     monkeypatch.undo()
     assert studies.named_run(cfg, "student").id == before

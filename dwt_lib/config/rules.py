@@ -8,7 +8,7 @@ import math
 import re
 from typing import Any
 
-from dwt_lib.config.arms import SEED_LIMIT, arm_names, check_arms, seed_ok  # noqa: F401  (SEED_LIMIT: importable)
+from dwt_lib.config.arms import arm_names, check_arms, seed_ok
 from dwt_lib.config.schedules import check_schedule
 from dwt_lib.config.sizes import ARCHS, SIZES, resolve_size, size_from_spec
 from dwt_lib.config.tasks import TASKS
@@ -131,7 +131,7 @@ def check_values(obj: Any, src: str, prefix: str) -> None:
         _check_models(obj, src)
 
 
-def _check_machines(la: LaunchConfig, src: str, p: str) -> None:
+def _check_machines(la, src: str, p: str) -> None:
     """The several-machines keys: a machine count that divides the processes, a rendezvous "host:port" when there
     is more than one machine, a known backend, a positive timeout."""
     if la.num_machines < 1:
@@ -154,7 +154,7 @@ def _check_machines(la: LaunchConfig, src: str, p: str) -> None:
         _fail(src, p + "node_timeout_s", "a positive number of seconds", la.node_timeout_s)
 
 
-def _check_per_task(ft: FinetuneConfig, src: str, p: str) -> None:
+def _check_per_task(ft, src: str, p: str) -> None:
     """Per-task settings name known GLUE tasks and hold positive numbers (caps: integers >= 1 or null)."""
     if ft.max_seq_length < 8:
         _fail(src, p + "max_seq_length", "an integer >= 8", ft.max_seq_length)
@@ -181,7 +181,7 @@ def _check_per_task(ft: FinetuneConfig, src: str, p: str) -> None:
             _fail(src, p + k, "an integer >= 1 or null (the whole split)", getattr(ft, k))
 
 
-def _check_models(cfg: Config, src: str) -> None:
+def _check_models(cfg, src: str) -> None:
     for name, spec in cfg.model.sizes.items():
         try:
             size_from_spec(spec)
@@ -213,7 +213,7 @@ def _check_models(cfg: Config, src: str) -> None:
                               f"({', '.join(cfg.model.teachers)})")
 
 
-def _check_pretrain_seeds(cfg: Config, src: str) -> None:
+def _check_pretrain_seeds(cfg, src: str) -> None:
     known = arm_names(cfg) if cfg.studies.pretrain_seeds else []
     for name, seeds in cfg.studies.pretrain_seeds.items():
         key = f"studies.pretrain_seeds.{name}"

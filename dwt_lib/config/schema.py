@@ -11,21 +11,19 @@ differences; mappings merge key by key (except those in ``_REPLACE_WHOLE``: sche
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional, Union
 
 import yaml
 
 from dwt_lib.config.rules import check_values
-from dwt_lib.config.sizes import ARCHS  # noqa: F401  (importable from here)
-from dwt_lib.core.hashing import jsonable, stable_hash  # noqa: F401  (importable from here)
-from dwt_lib.core.errors import ConfigError  # noqa: F401  (importable from here)
+from dwt_lib.config.sizes import ARCHS
+from dwt_lib.core.hashing import jsonable, stable_hash
+from dwt_lib.core.errors import ConfigError
 
 MAX_INT = 2**63 - 1             # what torch and NumPy hold; a larger integer overflows inside them
 

@@ -1,10 +1,13 @@
-"""Atomic file writes: a temp file in the same folder, fsync, ``os.replace``. A kill or a full disk leaves the old
-file (or none), never half a new one. A leaf module (no dwt_lib imports), so that every layer can use it."""
+"""Files the project writes and checks, for every layer: atomic writes (a temp file in the same folder, fsync,
+``os.replace``: a kill or a full disk leaves the old file, or none, never half a new one), the one sha256 of a
+file, and the one way a damaged file or folder is moved aside (kept for a look, out of a rerun's way)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,3 +49,31 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_json(path: Path, obj: Any) -> None:
     """JSON version of :func:`atomic_write_text` (indented, sorted keys)."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+_DIGESTS: dict[tuple, str] = {}      # (folder, inode, size, mtime) -> sha256 of files this process hashed
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22, remembered: bool = False) -> str:
+    """sha256 of a file, always read from disk unless ``remembered``: then a digest this process
+    computed for the same inode, size and mtime is reused (a save does not hash the previous
+    checkpoint again: it was verified at load, or read back when this process wrote it)."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve().parent), st.st_ino, st.st_size, st.st_mtime_ns)
+    if not remembered or key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+def move_aside(path: Path, stamped: bool = False) -> Path:
+    """Rename a damaged file or folder out of a rerun's way, kept for a look: ``<name>.damaged``, or with
+    ``stamped`` ``<name>.damaged-<UTC time>-<pid>`` (a cache entry can be damaged again after a rebuild)."""
+    path = Path(path)
+    mark = f".damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}" if stamped else ".damaged"
+    aside = path.with_name(path.name + mark)
+    os.replace(path, aside)
+    return aside

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 import warnings
 from pathlib import Path
 from typing import Optional, Union
@@ -25,8 +24,8 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from dwt_lib.core import paths
-from dwt_lib.runs.integrity import sha256_file
+from dwt_lib.core import io
+from dwt_lib.core.io import sha256_file
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -34,12 +33,6 @@ MANIFEST_VERSION = 1
 
 class CacheRepairWarning(UserWarning):
     """A damaged cache entry was moved aside and is being rebuilt."""
-
-
-def cache_root() -> Path:
-    """Root of processed-data caches: ``$DWT_CACHE_DIR``, else ``<outputs>/.cache`` where ``<outputs>`` is
-    ``$DWT_OUTPUTS_DIR`` (default ``<repo>/outputs``): the cache follows the outputs folder."""
-    return paths.cache_root()
 
 
 # ----------------------------------------------------------------------------- checksums
@@ -90,9 +83,8 @@ def verify(folder: Path, checksums: bool = True) -> Optional[str]:
 
 
 def move_aside(folder: Path, reason: str) -> Path:
-    """Rename a damaged entry to ``<name>.damaged-<UTC time>-<pid>`` (kept, not deleted) and warn."""
-    dest = folder.with_name(f"{folder.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}")
-    os.replace(folder, dest)
+    """Move a damaged entry aside to ``<name>.damaged-<UTC time>-<pid>`` (kept, not deleted) and warn."""
+    dest = io.move_aside(folder, stamped=True)
     warnings.warn(f"data cache {folder} is damaged ({reason}): moved aside to {dest.name} and rebuilding; "
                   f"delete {dest} once you no longer need it", CacheRepairWarning, stacklevel=3)
     return dest
@@ -170,11 +162,3 @@ class TokenBlocks:
 
     def __repr__(self) -> str:
         return f"TokenBlocks({self.path or 'in memory'}, shape={self.shape}, stored as {self.array.dtype})"
-
-
-def save_blocks(path: Path, blocks: np.ndarray) -> None:
-    """Write a block array as ``.npy`` (fsynced; the caller renames the whole folder into place)."""
-    with open(path, "wb") as f:
-        np.save(f, blocks)
-        f.flush()
-        os.fsync(f.fileno())

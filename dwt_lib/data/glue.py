@@ -18,14 +18,13 @@ score per task, as in the paper's tables.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 
-from dwt_lib.config.tasks import TASKS, GlueTask, get_task, split_name  # noqa: F401  (importable from here)
+from dwt_lib.config.tasks import TASKS, GlueTask, get_task, split_name
 
 
 # ----------------------------------------------------------------------------- reading
@@ -85,7 +84,7 @@ def check_split(task: str, split: str = "train", source: str = "nyu-mll/glue") -
 
     A local mirror is checked file by file; a Hub id is checked to exist and be reachable
     (its splits are only known by downloading them)."""
-    from dwt_lib.data.prepare import require_source
+    from dwt_lib.data.sources import require_source
     t = get_task(task)
     split = split_name(t.name, split)
     folder = Path(require_source(source, "GLUE source"))

@@ -32,10 +32,10 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from dwt_lib.data import corpus
+from dwt_lib.data import corpus, tokens
 from dwt_lib.config.schema import BYTE_TOKENIZER
 from dwt_lib.data.sampling import interleave_order, sampling_plan, validation_from_draws, windows
-from dwt_lib.core.errors import CorpusError  # noqa: F401  (importable from here)
+from dwt_lib.core.errors import CorpusError
 
 TOKENIZER_SAMPLE_SENTENCES = 2_000_000   # tokenizer training reads at most this many training sentences
 BATCH_BYTES = 8 << 20                    # text per map batch (a few books, or ~5k Wikipedia articles)
@@ -191,7 +191,6 @@ def _pack_batch(batch: dict, idx: list, plan: str, every: int, tok, L: int, dtyp
     sentences, and without it their bytes would run into each other, "end.Next"; WordPiece needs none)."""
     import pyarrow as pa
 
-    from dwt_lib.data.prepare import pack_blocks
     p = _plan(plan)
     i0, i1 = idx[0], idx[-1] + 1                      # a batch is a contiguous run of rows
     flat, lens = sampled_sentences(batch.column("sentences"), p[0, i0:i1], p[1, i0:i1], every)
@@ -205,7 +204,7 @@ def _pack_batch(batch: dict, idx: list, plan: str, every: int, tok, L: int, dtyp
     blocks, n_blocks, block_len = [], [], []
     i = 0
     for d in sampled:
-        b = pack_blocks([ids[i:i + len(d)]], L, tok.cls_token_id, tok.sep_token_id, tok.pad_token_id,
+        b = tokens.pack_blocks([ids[i:i + len(d)]], L, tok.cls_token_id, tok.sep_token_id, tok.pad_token_id,
                         dtype=np.dtype(dtype), min_tail=min_tail)
         i += len(d)
         blocks.append(b.reshape(-1))
@@ -309,7 +308,6 @@ def build(dc, out: Path, sources: Sequence[str], num_proc: Optional[int] = None,
     (an empty folder; intermediate Arrow shards go to ``out/work`` and are removed). Returns the stats."""
     import shutil
 
-    from dwt_lib.data.prepare import DATA_CODE_VERSION, MIN_TAIL_TOKENS, load_tokenizer, train_tokenizer
     t0 = time.time()
     nproc = _nproc(num_proc or dc.num_proc)
     work = out / "work"
@@ -335,10 +333,10 @@ def build(dc, out: Path, sources: Sequence[str], num_proc: Optional[int] = None,
         n_tok_sample = None
         if dc.tokenizer == "train":
             n_tok_sample = int(min(np.where(is_val, 0, kept).sum(), TOKENIZER_SAMPLE_SENTENCES))
-            tok = train_tokenizer(_iter_training_sentences(text, order, first, kept, is_val, dc.sample_every,
+            tok = tokens.train_tokenizer(_iter_training_sentences(text, order, first, kept, is_val, dc.sample_every,
                                                            TOKENIZER_SAMPLE_SENTENCES), dc.vocab_size)
         else:
-            tok = load_tokenizer(dc.tokenizer)
+            tok = tokens.load_tokenizer(dc.tokenizer)
         t_tok = time.time()
 
         dtype = np.uint16 if len(tok) <= 65536 else np.int32
@@ -351,7 +349,7 @@ def build(dc, out: Path, sources: Sequence[str], num_proc: Optional[int] = None,
             del plan
             packed.append(_map(ds, _pack_batch, work, f"pack-{k}", nproc, _fp(f"pack-{k}", out),
                                dict(plan=str(work / f"plan-{k}.npy"), every=dc.sample_every, tok=tok, L=dc.max_seq_length,
-                                    dtype=np.dtype(dtype).name, min_tail=MIN_TAIL_TOKENS,
+                                    dtype=np.dtype(dtype).name, min_tail=tokens.MIN_TAIL_TOKENS,
                                     **({"space": True} if dc.tokenizer == BYTE_TOKENIZER else {})),
                                f"tokenize + pack {c.id}", batch_size=max(1, _batch_size(raw[k]) // 4)))
         g = gather(packed, order, is_val, out, dc.max_seq_length, dtype)
@@ -388,5 +386,5 @@ def build(dc, out: Path, sources: Sequence[str], num_proc: Optional[int] = None,
         "block_length_tokens_hist": _hist(bl),
         "seconds": {"text": t_text - t0, "tokenizer": t_tok - t_text, "tokenize_pack": t_pack - t_tok},
         "num_proc": nproc, "storage_dtype": np.dtype(dtype).name, "intermediate_bytes": work_bytes,
-        "config": dataclasses.asdict(dc), "data_code_version": DATA_CODE_VERSION,
+        "config": dataclasses.asdict(dc), "data_code_version": tokens.DATA_CODE_VERSION,
     }

@@ -27,7 +27,7 @@ from typing import Optional
 
 from dwt_lib.core import paths
 from dwt_lib.config.schema import BYTE_TOKENIZER, TRAINED_TOKENIZER
-from dwt_lib.core.errors import DataSourceError  # noqa: F401  (importable from here)
+from dwt_lib.core.errors import DataSourceError
 
 SAMPLE_DIR = paths.SAMPLE_DIR
 SAMPLE_PREFIX = "sample:"
@@ -36,11 +36,6 @@ SAMPLE_PREFIX = "sample:"
 def needs_source(dc) -> bool:
     """Whether ``data.tokenizer`` names a tokenizer to read (a Hub id or ``sample:``), not one made here."""
     return dc.tokenizer not in (TRAINED_TOKENIZER, BYTE_TOKENIZER)
-
-
-def data_dir() -> Path:
-    """The offline mirror root: ``$DWT_DATA_DIR``, default ``<repo>/data``."""
-    return paths.data_root()
 
 
 @dataclass(frozen=True)
@@ -67,7 +62,7 @@ def resolve_source(name: str, mirror: Optional[str] = None) -> Source:
     if name.startswith(SAMPLE_PREFIX):
         folder = SAMPLE_DIR / name[len(SAMPLE_PREFIX):]
         return Source(name, "sample", str(folder), name, False, (str(folder),))
-    root = data_dir()
+    root = paths.data_root()
     candidates = [(root / name, name, False)] + ([(root / mirror, mirror, True)] if mirror else [])
     for folder, read, stand_in in candidates:
         if folder.is_dir():
@@ -128,7 +123,7 @@ def require(src: Source, what: str, repo_type: str = "dataset") -> Source:
     if why:
         tried = " or ".join(src.tried)
         raise DataSourceError(
-            f"{what} {src.name!r} is not available: no local folder {tried} (DWT_DATA_DIR={data_dir()}) "
+            f"{what} {src.name!r} is not available: no local folder {tried} (DWT_DATA_DIR={paths.data_root()}) "
             f"and {why}. Either set DWT_DATA_DIR to an offline mirror laid out by Hub id (a folder holding "
             f"{src.name}/, see the README's 'Offline data'), or allow Hub access (unset HF_HUB_OFFLINE; "
             f"log in if the repo is gated).")

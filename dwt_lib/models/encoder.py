@@ -23,7 +23,7 @@ import torch
 from transformers import BertConfig, BertForMaskedLM
 
 from dwt_lib.config.sizes import ARCHS as ARCH_NAMES
-from dwt_lib.config.sizes import SIZE_KEYS, SIZES, SizeError, resolve_size, size_from_spec  # noqa: F401
+from dwt_lib.config.sizes import SIZES, resolve_size
 
 #: Name of the CPU training attention (registered with transformers below): two matmuls in the
 #: input dtype (bf16 under autocast) and a float32 softmax. On CPU, for BERT's short sequences,

@@ -150,15 +150,15 @@ def grow_student(teacher, student, out, data, tokenizer, mlm_probability: float,
     """What a ``grow`` run does at step 0 (:func:`dwt_lib.pretrain.train`): grow ``student`` from ``teacher``,
     measure :func:`function_gap` on 8 held-out blocks (masked as in evaluation) and, with ``save``, write
     ``grow_report.json`` (sources, new layers, the gap) and the initial weights ``init/`` beside the run."""
-    from dwt_lib.data.prepare import mask_tokens
+    from dwt_lib.data.masking import mask_tokens
     from dwt_lib.models.encoder import use_device_attention
-    from dwt_lib.runs.registry import atomic_write_json
+    from dwt_lib.core.io import atomic_write_json
     gates, report = grow(teacher, student)
     if save:
         device = next(teacher.parameters()).device
         student.to(device)
         use_device_attention(student, device)
-        from dwt_lib.train.pretrain import EVAL_MASK_SEED
+        from dwt_lib.data.masking import EVAL_MASK_SEED
         ids, _ = mask_tokens(data.validation[:8], tokenizer, mlm_probability,
                              torch.Generator().manual_seed(EVAL_MASK_SEED))
         ids = ids.to(device)

@@ -9,7 +9,6 @@ the widgets are built and drawn once at their defaults (no browser renders them;
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Optional
 
 import matplotlib.pyplot as plt

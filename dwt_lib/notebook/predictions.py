@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from dwt_lib.config.schema import Config
-from dwt_lib.data.prepare import vocab_size
+from dwt_lib.data.tokens import vocab_size
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
-import torch
 
 from dwt_lib.core.errors import DamagedFileError, DiskFullError, disk_full
-from dwt_lib.runs.integrity import sha256_file
-from dwt_lib.runs.registry import atomic_write_json, move_aside
+from dwt_lib.core.io import atomic_write_json, move_aside, sha256_file
 
 NAMES = ("last.pt", "prev.pt")       # newest first
 MANIFEST = "manifest.json"
@@ -57,6 +55,7 @@ def read_manifest(folder: Path) -> Optional[dict]:
 
 def save(folder: Path, state: dict) -> Path:
     """Write ``state`` (with a ``step``) as ``folder/last.pt``, keeping the previous one as ``prev.pt``."""
+    import torch      # here, not at the top: the run registry reads manifests without loading torch
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
@@ -113,6 +112,7 @@ def load(folder: Path, log: Callable[[str], None] = print, is_main: bool = True)
     A manifest that is unreadable, or that disagrees with every checkpoint (it is the manifest that is wrong,
     then, not all of them), is not trusted: each checkpoint is checked by loading it, as one from before checksums.
     """
+    import torch
     folder = Path(folder)
     if is_main:
         (folder / TMP).unlink(missing_ok=True)      # half a save, or one not yet moved into place
@@ -168,6 +168,7 @@ def step_of(folder: Path) -> Optional[int]:
 
 def rng_state() -> dict:
     """Every generator a training step draws from (torch, Python, NumPy, CUDA), for a checkpoint."""
+    import torch      # here, not at the top: the run registry reads manifests without loading torch
     st = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
     if torch.cuda.is_available():
         st["cuda"] = torch.cuda.get_rng_state_all()
@@ -176,6 +177,7 @@ def rng_state() -> dict:
 
 def set_rng_state(st: dict) -> None:
     """Restore what :func:`rng_state` saved."""
+    import torch      # here, not at the top: the run registry reads manifests without loading torch
     torch.set_rng_state(st["torch"])
     random.setstate(st["python"])
     np.random.set_state(st["numpy"])

@@ -8,32 +8,15 @@ there and ``model.safetensors`` has a readable header.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
 from pathlib import Path
 from typing import Iterable, Optional
 
-from dwt_lib.core.io import atomic_write_json
+from dwt_lib.core.io import atomic_write_json, sha256_file
 
 RECORD = "sha256.json"
-_DIGESTS: dict[tuple, str] = {}      # (folder, inode, size, mtime) -> sha256 of files this process hashed
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22, remembered: bool = False) -> str:
-    """sha256 of a file, always read from disk unless ``remembered``: then a digest this process
-    computed for the same inode, size and mtime is reused (a save does not hash the previous
-    checkpoint again: it was verified at load, or read back when this process wrote it)."""
-    st = os.stat(path)
-    key = (str(Path(path).resolve().parent), st.st_ino, st.st_size, st.st_mtime_ns)
-    if not remembered or key not in _DIGESTS:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while block := f.read(chunk):
-                h.update(block)
-        _DIGESTS[key] = h.hexdigest()
-    return _DIGESTS[key]
 
 
 def record(folder: Path) -> Path:

@@ -22,11 +22,13 @@ from typing import Any, Callable, Optional
 
 from filelock import FileLock, Timeout
 
-from dwt_lib.runs import integrity
-from dwt_lib.core.io import FILE_MODE, atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: F401
+from dwt_lib.core.io import atomic_write_json, move_aside
 from dwt_lib.config.schema import Config
 from dwt_lib.core.hashing import stable_hash
 from dwt_lib.core.errors import DamagedFileError, Interrupted
+from dwt_lib.data.sources import describe_sources
+from dwt_lib.runs import integrity
+from dwt_lib.runs.checkpoints import step_of
 from dwt_lib.runs.machine import machine
 from dwt_lib.core.paths import REPO, outputs_root  # noqa: F401  (REPO: importable from here)
 
@@ -84,14 +86,6 @@ def read_log(path: Path) -> list[dict]:
     return out
 
 
-def move_aside(path: Path) -> Path:
-    """Rename a damaged file to ``<name>.damaged`` (kept for a look, out of the way of a rerun)."""
-    path = Path(path)
-    aside = path.with_name(path.name + ".damaged")
-    os.replace(path, aside)
-    return aside
-
-
 # ----------------------------------------------------------------------------- provenance
 
 def git_commit() -> str:
@@ -129,7 +123,6 @@ def provenance(cfg: Config, wall_time_s: Optional[float] = None) -> dict:
     """What every result file records: resolved config, its hash, where each data source was read from
     (sample / mirror, stand-in or not / hub: :func:`dwt_lib.sources.describe_sources`), git commit,
     versions, the machine (:func:`machine`), wall time."""
-    from dwt_lib.data.sources import describe_sources
     return {"profile": cfg.profile, "config": cfg.to_dict(), "config_hash": cfg.short_hash(),
             "data_sources": describe_sources(cfg),
             "git_commit": git_commit(), "versions": versions(), "machine": machine(), "wall_time_s": wall_time_s,
@@ -223,7 +216,6 @@ def check_result(path: Path) -> tuple[Optional[dict], Optional[str]]:
 
 def _interrupted(run: Run) -> Interrupted:
     """Ctrl-C during a run: one line with the step reached, the checkpoint, and how to resume."""
-    from dwt_lib.runs.checkpoints import step_of
     prog = read_json_or_none(run.dir / "progress.json", log=lambda s: None) or {}
     prog["step"] = step_of(run.dir / "checkpoints")
     logged = [ln for ln in (run.dir / "log.jsonl").read_text().splitlines() if ln.endswith("}")] \

@@ -22,7 +22,6 @@ A run's identity is the hash of what determines it, not its name: ``soft-normal`
 from __future__ import annotations
 
 import os
-import re
 from typing import Optional
 
 from dwt_lib.config import arms as beyond
@@ -30,9 +29,10 @@ from dwt_lib.runs import integrity, registry as runs
 from dwt_lib.studies import nodes
 from dwt_lib.config.schema import Config
 from dwt_lib.core.hashing import jsonable
-from dwt_lib.config.arms import SEED_MARK, arm_names, base_arm_names, split_seed  # noqa: F401  (importable from here)
+from dwt_lib.config.arms import SEED_MARK, arm_names, split_seed
 from dwt_lib.core.errors import UnknownNameError
-from dwt_lib.runs.registry import Run, atomic_write_json, outputs_dir
+from dwt_lib.runs.registry import Run, outputs_dir
+from dwt_lib.core.io import atomic_write_json
 
 
 #: Settings that say how often a run logs, evaluates and checkpoints, not what it learns: they are

@@ -36,7 +36,8 @@ from dwt_lib.config.schema import Config
 from dwt_lib.config.load import config_from_dict
 from dwt_lib.core.errors import DwtError, NodeError, message  # noqa: F401
 from dwt_lib.core.paths import REPO, cache_root
-from dwt_lib.runs.registry import atomic_write_json, outputs_dir, read_json
+from dwt_lib.core.io import atomic_write_json
+from dwt_lib.runs.registry import outputs_dir, read_json
 
 #: Set by node 0 for its own processes (notebook kernels included): the session folder that runs are announced in.
 SESSION_ENV = "DWT_NODES_SESSION"

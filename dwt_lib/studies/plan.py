@@ -10,9 +10,11 @@ adds the expected wall time on the profile's own devices (``launch.peak_tflops``
 from __future__ import annotations
 
 from dwt_lib.config.schema import BYTE_TOKENIZER, Config
-from dwt_lib.data.prepare import vocab_size
+from dwt_lib.data.tokens import vocab_size
 from dwt_lib.models.encoder import arch_of, train_flops_per_sequence
 from dwt_lib.studies.preflight import run_disk_bytes
+from dwt_lib.config.tasks import get_task
+from dwt_lib.core.paths import cache_root
 from dwt_lib.studies.identity import all_run_names, named_run
 
 A100_BF16_PEAK = 312e12
@@ -38,7 +40,7 @@ def _blocks(cfg: Config) -> tuple[int, str]:
 
 def make_plan(cfg: Config) -> dict:
     """Rows (one per pre-training run) with steps, tokens, PFLOPs and A100-hours, plus totals."""
-    from dwt_lib.train.pretrain import global_batch, total_steps
+    from dwt_lib.train.steps import global_batch, total_steps
     n_blocks, source = _blocks(cfg)
     world = cfg.launch.num_processes
     steps = total_steps(cfg, n_blocks, world)
@@ -159,7 +161,6 @@ def data_prep_estimate(cfg: Config, cores: int | None = None) -> dict:
     import os
 
     from dwt_lib.data.prepare import cache_path
-    from dwt_lib.data.cache import cache_root
     dc = cfg.data
     cores = cores or dc.num_proc or os.cpu_count() or 1
     p = cache_path(dc)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from dwt_lib.config.schema import Config
-from dwt_lib.data.prepare import vocab_size
+from dwt_lib.data.tokens import vocab_size
 from dwt_lib.core.errors import PreflightError, UnknownNameError
 from dwt_lib.models.encoder import build_model, count_parameters, model_kwargs
 from dwt_lib.core.paths import cache_root, data_root, env_dir

@@ -25,7 +25,6 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -41,7 +40,8 @@ from dwt_lib.core.errors import DiskFullError, NonFiniteLossError, disk_full, di
 from dwt_lib.models.growth import gate_value, ramp_steps
 from dwt_lib.models.losses import hard_loss, soft_loss
 from dwt_lib.models.encoder import (SparseMLM, build_model, count_parameters, model_kwargs, special_ids, use_device_attention)
-from dwt_lib.runs.registry import Run, atomic_write_json, read_json_or_none
+from dwt_lib.runs.registry import Run, read_json_or_none
+from dwt_lib.core.io import atomic_write_json
 from dwt_lib.config.schedules import make_schedule
 from dwt_lib.train.steps import (Prefetcher, batch_indices, global_batch, lr_lambda, make_optimizer, snapshot_steps, total_steps)  # noqa: F401
 
@@ -131,7 +131,7 @@ def dwt_losses(model, teacher, ids, attn, select, y, *, autocast=contextlib.null
 def evaluate_mlm(model: torch.nn.Module, blocks: torch.Tensor, tokenizer, cfg: Config, accelerator,
                  autocast) -> dict:
     """Held-out MLM loss and accuracy on masked tokens, the same masks every time."""
-    from dwt_lib.data.prepare import mask_tokens
+    from dwt_lib.data.masking import mask_tokens
     model.eval()
     bs, world, rank = cfg.pretrain.batch_size_per_device, accelerator.num_processes, accelerator.process_index
     n = min(len(blocks), cfg.pretrain.eval_batches * bs * world)
@@ -176,7 +176,8 @@ def train(cfg: Config, run: Run, progress: bool = True) -> dict:
 
     hf_logging.disable_progress_bar()      # no "Writing model shards" bars inside ours
 
-    from dwt_lib.data.prepare import mask_tokens, prepare_pretraining_data
+    from dwt_lib.data.masking import mask_tokens
+    from dwt_lib.data.prepare import prepare_pretraining_data
 
     if cfg.launch.num_threads:
         torch.set_num_threads(cfg.launch.num_threads)
