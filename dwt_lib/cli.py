@@ -9,11 +9,11 @@
     dwt verify    --profile P [--runs NAME ...] [--cheapest N]
 
 With ``launch.num_machines > 1`` the same ``pretrain | finetune | study | reproduce`` runs on every node, with
-``--node-rank K`` (or ``$SLURM_NODEID``): node 0 drives, the others join its runs (:mod:`dwt_lib.nodes`).
+``--node-rank K`` (or ``$SLURM_NODEID``): node 0 drives, the others join its runs (:mod:`dwt_lib.studies.nodes`).
 
 ``--set`` applies dotted overrides to the profile (``--set pretrain.max_steps=10``), values
 parsed as YAML. Every expected error (params, data, names, disk, damaged files, Ctrl-C) prints
-one line ``dwt: <what> (<where>); <fix>`` and exits with 2 (:mod:`dwt_lib.errors`); ``--debug``
+one line ``dwt: <what> (<where>); <fix>`` and exits with 2 (:mod:`dwt_lib.core.errors`); ``--debug``
 or ``DWT_DEBUG=1`` adds the traceback.
 """
 from __future__ import annotations
@@ -24,10 +24,20 @@ import sys
 import yaml
 
 from dwt_lib.core.errors import ConfigError
-from dwt_lib.config.load import load_params
+from dwt_lib.config.load import config_from_dict, load_params
 from dwt_lib.config.arms import seed_ok
 from dwt_lib.core.errors import debug_enabled, report
 from dwt_lib.core.paths import pin_environment
+from dwt_lib.core.io import atomic_write_json
+from dwt_lib.notebook import explore, plots
+from dwt_lib.reproduce import reproduce
+from dwt_lib.runs.registry import format_runs, list_runs, outputs_dir, read_json, Run
+from dwt_lib.studies import beyond as beyond_study, nodes, results
+from dwt_lib.studies.identity import ensure_finetuned, ensure_pretrained
+from dwt_lib.studies.plan import data_prep_estimate, format_data_estimate, format_plan, make_plan
+from dwt_lib.studies.preflight import check
+from dwt_lib.studies.verify import verify
+from dwt_lib.train.pretrain import train
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -51,10 +61,9 @@ def _cfg(args):
 
 def _on_every_node(cfg, args, body) -> int:
     """``body()`` as on one machine; with ``launch.num_machines > 1`` only node 0 runs it, inside a session that the
-    other nodes join (they run each pre-training run's workers node 0 opens, then leave): :mod:`dwt_lib.nodes`."""
+    other nodes join (they run each pre-training run's workers node 0 opens, then leave): :mod:`dwt_lib.studies.nodes`."""
     if cfg.launch.num_machines == 1:
         return body()
-    from dwt_lib.studies import nodes
     rank = nodes.node_rank(cfg, args.node_rank)
     if rank:
         return nodes.follow(cfg, rank)
@@ -66,8 +75,6 @@ def _on_every_node(cfg, args, body) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    from dwt_lib.studies.preflight import check
-    from dwt_lib.studies.identity import ensure_pretrained
     cfg = _cfg(args)
 
     def body() -> int:
@@ -80,8 +87,6 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from dwt_lib.studies.preflight import check
-    from dwt_lib.studies.identity import ensure_finetuned
     if args.seed is not None and not seed_ok(args.seed):
         raise ConfigError(f"--seed {args.seed}: expected a fine-tuning seed in [0, 2^32); e.g. --seed 1")
     cfg = _cfg(args)
@@ -104,15 +109,12 @@ def cmd_study(args) -> int:
 
 
 def _study(cfg, args) -> int:
-    from dwt_lib.notebook import plots
-    from dwt_lib.studies import results
     if args.name == "teacher_quality":
         res = results.teacher_quality(cfg)
         plots.teacher_quality(results.result_path(cfg, args.name))
         print(results.teacher_quality_table(res).round(2).to_string())
         print(results.teacher_quality_summary(res))
     elif args.name == "beyond":                  # notebook 06: one figure and one paragraph per question
-        from dwt_lib.studies import beyond as beyond_study
         res = beyond_study.run_study(cfg)
         print(beyond_study.comparisons_table(res).round(2).to_string())
         for q in res["questions"]:
@@ -130,12 +132,9 @@ def _study(cfg, args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from dwt_lib.runs.registry import format_runs, list_runs
     cfg = _cfg(args)
     print(format_runs(list_runs(cfg, checksums=args.checksums)))
     if args.plot:
-        from dwt_lib.notebook import explore, plots
-        from dwt_lib.runs.registry import outputs_dir
         try:
             chosen = explore.resolve_runs(cfg, args.plot)
         except ValueError as e:
@@ -147,7 +146,6 @@ def cmd_runs(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from dwt_lib.studies.plan import data_prep_estimate, format_data_estimate, format_plan, make_plan
     cfg = _cfg(args)
     print(format_plan(make_plan(cfg)))
     print(format_data_estimate(data_prep_estimate(cfg)))
@@ -155,7 +153,6 @@ def cmd_plan(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from dwt_lib.reproduce import reproduce
     only = args.notebooks.split(",") if args.notebooks else None
     overrides = _overrides(args.set)
     cfg = load_params(args.profile, overrides)
@@ -163,7 +160,6 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from dwt_lib.studies.verify import verify
     return 0 if verify(_cfg(args), args.runs, args.cheapest, args.keep)["ok"] else 1
 
 
@@ -172,10 +168,6 @@ def cmd_worker(args) -> int:
     import json
     from pathlib import Path
 
-    from dwt_lib.config.load import config_from_dict
-    from dwt_lib.train.pretrain import train
-    from dwt_lib.runs.registry import Run, read_json
-    from dwt_lib.core.io import atomic_write_json
     d = Path(args.run_dir)
     cfg = config_from_dict(read_json(d / "config.json"))
     meta = read_json(d / "run.json")

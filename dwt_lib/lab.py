@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Optional
 
 from dwt_lib.core.paths import REPO
+from dwt_lib.core.io import atomic_write_json
 
 KERNEL_NAME = "dwt"
 
@@ -56,7 +57,6 @@ def set_lab_defaults(config_dir: Optional[Path] = None) -> Path:
     (``config_dir``: this environment's ``<sys.prefix>/etc/jupyter``, a folder on JupyterLab's config path),
     keeping whatever else the file holds. Written atomically; returns the file."""
     import json
-    from dwt_lib.core.io import atomic_write_json
     path = Path(config_dir or Path(sys.prefix) / "etc" / "jupyter") / "labconfig" / "default_setting_overrides.json"
     plugin, key = SUBSHELL_SETTING
     try:

@@ -4,7 +4,7 @@ Executed copies go to ``outputs/<profile>/notebooks/``; the notebooks write figu
 ``outputs/<profile>/figures/`` and results to ``outputs/<profile>/results/``. Runs finished
 by an earlier call are reused, so a second call trains nothing. A failing cell stops the
 reproduction with a non-zero exit that names the notebook and the cell. Notebooks get
-``interactive = False``: their JupyterLab widgets (:mod:`dwt_lib.explore`) draw static defaults instead.
+``interactive = False``: their JupyterLab widgets (:mod:`dwt_lib.notebook.explore`) draw static defaults instead.
 """
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ from dwt_lib.core.errors import Interrupted, UnknownNameError
 from dwt_lib.core.paths import pin_environment
 from dwt_lib.core.paths import REPO
 from dwt_lib.runs.registry import outputs_dir
+from dwt_lib.studies.identity import check_device
+from dwt_lib.studies.preflight import check_all
 
 NOTEBOOKS = REPO / "notebooks"
 
@@ -100,11 +102,9 @@ def reproduce(profile: str, only: Optional[list[str]] = None, overrides: Optiona
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
-    from dwt_lib.studies.preflight import check_all
     pin_environment()                              # relative DWT_*_DIR: resolved here, not in notebooks/
     profile = notebook_profile(profile)
     cfg = load_params(profile, overrides)          # fail on a bad profile before starting a kernel
-    from dwt_lib.studies.identity import check_device
     check_device(cfg)                              # and on a GPU profile without a GPU
     check_all(cfg)                                 # and on unreadable data, names, disk, before any run
     out = outputs_dir(cfg) / "notebooks"

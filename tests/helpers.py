@@ -1,11 +1,11 @@
 """Helpers shared by test files (imported as ``helpers``: pytest puts ``tests/`` on the path)."""
-from dwt_lib.train import pretrain as pt
+from dwt_lib.models import losses
 
 
 def interrupt_at(monkeypatch, n: int) -> None:
     """Ctrl-C during the ``n``-th training step (the held-out eval is not counted)."""
     calls = {"n": 0}
-    real = pt.hard_loss
+    real = losses.hard_loss
 
     def hard(logits, y, *a, **k):
         if logits.requires_grad:
@@ -14,4 +14,4 @@ def interrupt_at(monkeypatch, n: int) -> None:
                 raise KeyboardInterrupt
         return real(logits, y, *a, **k)
 
-    monkeypatch.setattr(pt, "hard_loss", hard)
+    monkeypatch.setattr(losses, "hard_loss", hard)

@@ -17,7 +17,8 @@ from dwt_lib.data.tokens import load_tokenizer
 from dwt_lib.data.masking import mask_tokens
 from dwt_lib.models.losses import hard_loss, soft_loss
 from dwt_lib.models.encoder import (SparseMLM, arch_of, build_model, count_parameters, train_flops_per_sequence, use_device_attention)
-from dwt_lib.train.pretrain import dwt_losses, save_model
+from dwt_lib.train.pretrain import dwt_losses
+from dwt_lib.train.init import save_model
 from dwt_lib.models.remap import RANDOM, _tensors, remap_parameters
 from dwt_lib.studies.identity import ensure_finetuned, ensure_pretrained, named_run
 

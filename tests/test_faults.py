@@ -27,6 +27,7 @@ from dwt_lib import cli
 from dwt_lib.core import errors
 from dwt_lib.studies import preflight
 from dwt_lib.train import pretrain as pt
+from dwt_lib.models import losses
 from dwt_lib.config.load import load_params
 from dwt_lib.studies.identity import ensure_pretrained, named_run
 from helpers import interrupt_at
@@ -249,13 +250,13 @@ def test_damaged_result_is_recomputed_from_the_checkpoint(finished, reference, m
     assert row["status"].startswith("damaged: result.json ")
     assert "damaged: result.json" in runs.format_runs([row])
     steps = {"n": 0}
-    real = pt.hard_loss
+    real = losses.hard_loss
 
     def counting(logits, y, *a, **k):
         steps["n"] += logits.requires_grad
         return real(logits, y, *a, **k)
 
-    monkeypatch.setattr(pt, "hard_loss", counting)
+    monkeypatch.setattr(losses, "hard_loss", counting)
     capsys.readouterr()
     assert_heals_to(cfg, "student", reference)
     assert steps["n"] == 0                              # nothing retrained: finished from the final checkpoint

@@ -21,6 +21,7 @@ import torch
 from dwt_lib.runs import checkpoints, integrity, registry as runs
 from dwt_lib import cli, lab
 from dwt_lib.train import pretrain as pt
+from dwt_lib.models import losses
 from dwt_lib.core.paths import pin_environment
 from dwt_lib.reproduce import notebook_profile
 from dwt_lib.studies.identity import ensure_finetuned, ensure_pretrained, named_run
@@ -44,13 +45,13 @@ def dwt(capsys, *argv, bars: bool = False) -> str:
 
 def steps_counted(monkeypatch) -> dict:
     """Counts training steps (forward passes with gradients), to show that nothing was trained."""
-    steps, real = {"n": 0}, pt.hard_loss
+    steps, real = {"n": 0}, losses.hard_loss
 
     def counting(logits, y, *a, **k):
         steps["n"] += logits.requires_grad
         return real(logits, y, *a, **k)
 
-    monkeypatch.setattr(pt, "hard_loss", counting)
+    monkeypatch.setattr(losses, "hard_loss", counting)
     return steps
 
 
@@ -74,8 +75,8 @@ def test_nan_learning_rate_is_a_config_error(outputs, capsys, key):
 
 
 def test_nonfinite_pretraining_message_gives_true_advice(outputs, reference, monkeypatch, capsys):
-    real = pt.hard_loss
-    monkeypatch.setattr(pt, "hard_loss", lambda logits, y, *a, **k: real(logits, y, *a, **k) * float("nan"))
+    real = losses.hard_loss
+    monkeypatch.setattr(losses, "hard_loss", lambda logits, y, *a, **k: real(logits, y, *a, **k) * float("nan"))
     cfg = cfg_of(**{"pretrain.precision": "bf16"})
     line = dwt(capsys, "pretrain", "--profile", "smoke", *sets({**FAULT, "pretrain.precision": "bf16"}),
                "--run", "student", bars=True)

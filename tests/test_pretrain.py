@@ -26,7 +26,9 @@ import pytest
 import torch
 
 from dwt_lib.train import pretrain as pt
-from dwt_lib.runs import registry as runs
+from dwt_lib.models import losses
+from dwt_lib.train import init
+from dwt_lib.runs import checkpoints, registry as runs
 from dwt_lib.config.load import load_params
 from dwt_lib.models.encoder import SparseMLM, build_model, count_parameters
 from dwt_lib.config.schedules import make_schedule
@@ -212,7 +214,7 @@ def test_dwt_lowers_heldout_mlm_loss(shared):
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(outputs, monkeypatch):
     cfg = cfg_of(**{"pretrain.checkpoint_every": 2})
     calls = {"n": 0}
-    real = pt.hard_loss
+    real = losses.hard_loss
 
     def nan_at_4(logits, y, *a, **k):
         out = real(logits, y, *a, **k)
@@ -222,7 +224,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(outputs, monkeypatc
                 return out * float("nan")
         return out
 
-    monkeypatch.setattr(pt, "hard_loss", nan_at_4)
+    monkeypatch.setattr(losses, "hard_loss", nan_at_4)
     with pytest.raises(pt.NonFiniteLossError, match=r"at step 4\b"):
         ensure_pretrained(cfg, "student", progress=False)
     run = named_run(cfg, "student")
@@ -243,15 +245,15 @@ def test_load_teacher_checks_vocab_and_size(tmp_path):
     build_model("tiny-student", 120).save_pretrained(big)
     n_small = count_parameters(build_model("tiny-teacher-2l", 120))
     with pytest.raises(ValueError, match=r"vocabulary \(120\).*\(100\)"):
-        pt.load_teacher(small, 100, n_small, "cpu")
+        init.load_teacher(small, 100, n_small, "cpu")
     with pytest.raises(FileNotFoundError, match="pre-train the teacher"):
-        pt.load_teacher(tmp_path / "missing", 120, n_small, "cpu")
+        init.load_teacher(tmp_path / "missing", 120, n_small, "cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("error")                 # a smaller teacher: no warning
-        t = pt.load_teacher(small, 120, n_small, "cpu")
+        t = init.load_teacher(small, 120, n_small, "cpu")
     assert not t.training and not any(p.requires_grad for p in t.parameters())
     with pytest.warns(UserWarning, match="larger than the student"):
-        t = pt.load_teacher(big, 120, n_small, "cpu")
+        t = init.load_teacher(big, 120, n_small, "cpu")
     assert not t.training
 
 
@@ -415,11 +417,11 @@ def test_truncate_log_on_resume_and_restart(tmp_path):
     cut short by the kill is dropped."""
     log = tmp_path / "log.jsonl"
     log.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (1, 2, 3, 4)) + '{"step": 5, "lo')
-    pt._truncate_log(log, 3)
+    checkpoints.truncate_log(log, 3)
     assert [json.loads(ln)["step"] for ln in log.read_text().splitlines()] == [1, 2, 3]
-    pt._truncate_log(log, 0)
+    checkpoints.truncate_log(log, 0)
     assert log.read_text() == ""
-    pt._truncate_log(tmp_path / "missing.jsonl", 0)          # no log yet: nothing to do
+    checkpoints.truncate_log(tmp_path / "missing.jsonl", 0)          # no log yet: nothing to do
     assert not (tmp_path / "missing.jsonl").exists()
 
 

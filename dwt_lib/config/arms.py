@@ -146,7 +146,7 @@ def _check_alpha(spec, key, target, fail, src) -> None:
 
 
 def run_settings(cfg, arm: str) -> dict:
-    """Keyword arguments of :func:`dwt_lib.studies.pretrain_run` for an arm (the teacher as a role)."""
+    """Keyword arguments of :func:`dwt_lib.studies.identity.pretrain_run` for an arm (the teacher as a role)."""
     spec = cfg.studies.beyond[arm]
     target, init = target_of(spec), init_of(spec)
     out = {"teacher_role": spec.get("teacher") if target["kind"] == "teacher" else None,
@@ -171,7 +171,7 @@ SEED_MARK = ":s"
 def split_seed(name: str) -> tuple[str, Optional[int]]:
     """``"student:s43"`` -> ``("student", 43)``; a name without a seed -> ``(name, None)``. Only ASCII digits
     make a seed (``str.isdigit`` also accepts ``²``, which ``int`` refuses); a seed outside [0, 2^32) is an
-    :class:`~dwt_lib.errors.UnknownNameError` naming the range."""
+    :class:`~dwt_lib.core.errors.UnknownNameError` naming the range."""
     base, mark, seed = name.rpartition(SEED_MARK)
     if not (mark and base and re.fullmatch(r"[0-9]+", seed)):
         return name, None

@@ -30,105 +30,128 @@ def _finite(v: Any) -> bool:
 def check_values(obj: Any, src: str, prefix: str) -> None:
     """Impossible values, per section (told apart by class name: the schema calls these rules, so they do
     not import it)."""
-    p, section = prefix, type(obj).__name__
-    if section == "PretrainConfig":
-        for k in ("lr", "epochs", "adam_eps", "max_grad_norm"):
-            if getattr(obj, k) <= 0:
-                _fail(src, p + k, "a positive number", getattr(obj, k))
-        for k in ("batch_size_per_device", "grad_accum_steps", "log_every", "eval_every",
-                  "checkpoint_every", "eval_batches"):
-            if getattr(obj, k) < 1:
-                _fail(src, p + k, "an integer >= 1", getattr(obj, k))
-        if obj.max_steps is not None and obj.max_steps < 1:
-            _fail(src, p + "max_steps", "an integer >= 1 or null", obj.max_steps)
-        if not 0 <= obj.warmup_fraction < 1:
-            _fail(src, p + "warmup_fraction", "a fraction in [0, 1)", obj.warmup_fraction)
-        if obj.weight_decay < 0:
-            _fail(src, p + "weight_decay", "a number >= 0", obj.weight_decay)
-        if obj.precision not in ("fp32", "bf16"):
-            _fail(src, p + "precision", "one of fp32, bf16", obj.precision)
-        if not seed_ok(obj.seed):
-            _fail(src, p + "seed", "an integer seed in [0, 2^32)", obj.seed)
-        for k in ("adam_beta1", "adam_beta2"):
-            if not 0 <= getattr(obj, k) < 1:
-                _fail(src, p + k, "a number in [0, 1)", getattr(obj, k))
-        if any(not 0 < f <= 1 for f in obj.snapshot_fractions):
-            _fail(src, p + "snapshot_fractions", "fractions in (0, 1]", list(obj.snapshot_fractions))
-    elif section == "DataConfig":
-        if obj.sample_every < 1:
-            _fail(src, p + "sample_every", "an integer >= 1", obj.sample_every)
-        if not 0 < obj.mlm_probability < 1:
-            _fail(src, p + "mlm_probability", "a probability in (0, 1)", obj.mlm_probability)
-        if not 0 < obj.validation_fraction < 1:
-            _fail(src, p + "validation_fraction", "a fraction in (0, 1)", obj.validation_fraction)
-        if obj.max_seq_length < 8:
-            _fail(src, p + "max_seq_length", "an integer >= 8", obj.max_seq_length)
-        if obj.vocab_size < 100:
-            _fail(src, p + "vocab_size", "an integer >= 100", obj.vocab_size)
-        if not seed_ok(obj.seed):
-            _fail(src, p + "seed", "an integer seed in [0, 2^32)", obj.seed)
-        if not obj.corpora:
-            _fail(src, p + "corpora", "at least one corpus", [])
-        for i, c in enumerate(obj.corpora):
-            if c.max_documents is not None and c.max_documents < 1:
-                _fail(src, f"{p}corpora[{i}].max_documents", "an integer >= 1 or null", c.max_documents)
-            if c.rows_per_document is not None and c.rows_per_document < 1:
-                _fail(src, f"{p}corpora[{i}].rows_per_document", "an integer >= 1 or null (null: a row is a "
-                      "document)", c.rows_per_document)
-            if c.mirror and c.id.startswith("sample:"):
-                _fail(src, f"{p}corpora[{i}].mirror", "null for a sample: source (the sample is read as is)", c.mirror)
-    elif section == "ModelConfig":
-        if obj.arch not in ARCHS:
-            _fail(src, p + "arch", f"one of {', '.join(ARCHS)}", obj.arch)
-        if obj.initializer_range is not None and obj.initializer_range <= 0:
-            _fail(src, p + "initializer_range", "a positive number or null (the arch's default)", obj.initializer_range)
-        for k in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-            if not 0 <= getattr(obj, k) < 1:
-                _fail(src, p + k, "a probability in [0, 1)", getattr(obj, k))
-    elif section == "DistillConfig":
-        if obj.alpha_hard < 0:
-            _fail(src, p + "alpha_hard", "a number >= 0", obj.alpha_hard)
-        if obj.soft_loss_positions not in ("masked", "all"):
-            _fail(src, p + "soft_loss_positions", "one of masked, all", obj.soft_loss_positions)
-        check_schedule(obj.alpha_soft, src, p + "alpha_soft", positive=False)
-        check_schedule(obj.temperature, src, p + "temperature", positive=True)
-    elif section == "FinetuneConfig":
-        if obj.lr <= 0:
-            _fail(src, p + "lr", "a positive number", obj.lr)
-        if obj.epochs <= 0:
-            _fail(src, p + "epochs", "a positive number", obj.epochs)
-        if obj.batch_size < 1:
-            _fail(src, p + "batch_size", "an integer >= 1", obj.batch_size)
-        if not obj.seeds:
-            _fail(src, p + "seeds", "at least one seed", [])
-        for i, seed in enumerate(obj.seeds):
-            if not seed_ok(seed):
-                _fail(src, f"{p}seeds[{i}]", "an integer seed in [0, 2^32)", seed)
-        if any(v <= 0 for v in obj.lr_grid):
-            _fail(src, p + "lr_grid", "positive learning rates (or [] for no selection)", list(obj.lr_grid))
-        _check_per_task(obj, src, p)
-    elif section == "StudiesConfig":
-        for name, spec in obj.soft_weight.items():
-            check_schedule(spec, src, f"{p}soft_weight.{name}", positive=False)
-    elif section == "LaunchConfig":
-        if obj.num_threads is not None and obj.num_threads < 1:
-            _fail(src, p + "num_threads", "an integer >= 1 or null (torch's default)", obj.num_threads)
-        if obj.num_processes < 1:
-            _fail(src, p + "num_processes", "an integer >= 1", obj.num_processes)
-        if obj.device not in ("auto", "cpu", "cuda"):
-            _fail(src, p + "device", "one of auto, cpu, cuda", obj.device)
-        if obj.finetune_workers < 1:
-            _fail(src, p + "finetune_workers", "an integer >= 1", obj.finetune_workers)
-        if obj.peak_tflops <= 0:
-            _fail(src, p + "peak_tflops", "a positive number", obj.peak_tflops)
-        if not 0 < obj.assumed_mfu <= 1:
-            _fail(src, p + "assumed_mfu", "a fraction in (0, 1]", obj.assumed_mfu)
-        _check_machines(obj, src, p)
-    elif section == "Config":
-        if not PROFILE_NAME.fullmatch(obj.profile or ""):
-            _fail(src, "profile", "a plain name (letters, digits, _ . + - and spaces; the folder "
-                  "<outputs>/<profile>: no / and no leading dot)", obj.profile)
-        _check_models(obj, src)
+    rule = _SECTIONS.get(type(obj).__name__)
+    if rule is not None:
+        rule(obj, src, prefix)
+
+
+def _pretrain(obj, src: str, p: str) -> None:
+    for k in ("lr", "epochs", "adam_eps", "max_grad_norm"):
+        if getattr(obj, k) <= 0:
+            _fail(src, p + k, "a positive number", getattr(obj, k))
+    for k in ("batch_size_per_device", "grad_accum_steps", "log_every", "eval_every",
+              "checkpoint_every", "eval_batches"):
+        if getattr(obj, k) < 1:
+            _fail(src, p + k, "an integer >= 1", getattr(obj, k))
+    if obj.max_steps is not None and obj.max_steps < 1:
+        _fail(src, p + "max_steps", "an integer >= 1 or null", obj.max_steps)
+    if not 0 <= obj.warmup_fraction < 1:
+        _fail(src, p + "warmup_fraction", "a fraction in [0, 1)", obj.warmup_fraction)
+    if obj.weight_decay < 0:
+        _fail(src, p + "weight_decay", "a number >= 0", obj.weight_decay)
+    if obj.precision not in ("fp32", "bf16"):
+        _fail(src, p + "precision", "one of fp32, bf16", obj.precision)
+    if not seed_ok(obj.seed):
+        _fail(src, p + "seed", "an integer seed in [0, 2^32)", obj.seed)
+    for k in ("adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(obj, k) < 1:
+            _fail(src, p + k, "a number in [0, 1)", getattr(obj, k))
+    if any(not 0 < f <= 1 for f in obj.snapshot_fractions):
+        _fail(src, p + "snapshot_fractions", "fractions in (0, 1]", list(obj.snapshot_fractions))
+
+
+def _data(obj, src: str, p: str) -> None:
+    if obj.sample_every < 1:
+        _fail(src, p + "sample_every", "an integer >= 1", obj.sample_every)
+    if not 0 < obj.mlm_probability < 1:
+        _fail(src, p + "mlm_probability", "a probability in (0, 1)", obj.mlm_probability)
+    if not 0 < obj.validation_fraction < 1:
+        _fail(src, p + "validation_fraction", "a fraction in (0, 1)", obj.validation_fraction)
+    if obj.max_seq_length < 8:
+        _fail(src, p + "max_seq_length", "an integer >= 8", obj.max_seq_length)
+    if obj.vocab_size < 100:
+        _fail(src, p + "vocab_size", "an integer >= 100", obj.vocab_size)
+    if not seed_ok(obj.seed):
+        _fail(src, p + "seed", "an integer seed in [0, 2^32)", obj.seed)
+    if not obj.corpora:
+        _fail(src, p + "corpora", "at least one corpus", [])
+    for i, c in enumerate(obj.corpora):
+        if c.max_documents is not None and c.max_documents < 1:
+            _fail(src, f"{p}corpora[{i}].max_documents", "an integer >= 1 or null", c.max_documents)
+        if c.rows_per_document is not None and c.rows_per_document < 1:
+            _fail(src, f"{p}corpora[{i}].rows_per_document", "an integer >= 1 or null (null: a row is a "
+                  "document)", c.rows_per_document)
+        if c.mirror and c.id.startswith("sample:"):
+            _fail(src, f"{p}corpora[{i}].mirror", "null for a sample: source (the sample is read as is)", c.mirror)
+
+
+def _model(obj, src: str, p: str) -> None:
+    if obj.arch not in ARCHS:
+        _fail(src, p + "arch", f"one of {', '.join(ARCHS)}", obj.arch)
+    if obj.initializer_range is not None and obj.initializer_range <= 0:
+        _fail(src, p + "initializer_range", "a positive number or null (the arch's default)", obj.initializer_range)
+    for k in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        if not 0 <= getattr(obj, k) < 1:
+            _fail(src, p + k, "a probability in [0, 1)", getattr(obj, k))
+
+
+def _distill(obj, src: str, p: str) -> None:
+    if obj.alpha_hard < 0:
+        _fail(src, p + "alpha_hard", "a number >= 0", obj.alpha_hard)
+    if obj.soft_loss_positions not in ("masked", "all"):
+        _fail(src, p + "soft_loss_positions", "one of masked, all", obj.soft_loss_positions)
+    check_schedule(obj.alpha_soft, src, p + "alpha_soft", positive=False)
+    check_schedule(obj.temperature, src, p + "temperature", positive=True)
+
+
+def _finetune(obj, src: str, p: str) -> None:
+    if obj.lr <= 0:
+        _fail(src, p + "lr", "a positive number", obj.lr)
+    if obj.epochs <= 0:
+        _fail(src, p + "epochs", "a positive number", obj.epochs)
+    if obj.batch_size < 1:
+        _fail(src, p + "batch_size", "an integer >= 1", obj.batch_size)
+    if not obj.seeds:
+        _fail(src, p + "seeds", "at least one seed", [])
+    for i, seed in enumerate(obj.seeds):
+        if not seed_ok(seed):
+            _fail(src, f"{p}seeds[{i}]", "an integer seed in [0, 2^32)", seed)
+    if any(v <= 0 for v in obj.lr_grid):
+        _fail(src, p + "lr_grid", "positive learning rates (or [] for no selection)", list(obj.lr_grid))
+    _check_per_task(obj, src, p)
+
+
+def _studies(obj, src: str, p: str) -> None:
+    for name, spec in obj.soft_weight.items():
+        check_schedule(spec, src, f"{p}soft_weight.{name}", positive=False)
+
+
+def _launch(obj, src: str, p: str) -> None:
+    if obj.num_threads is not None and obj.num_threads < 1:
+        _fail(src, p + "num_threads", "an integer >= 1 or null (torch's default)", obj.num_threads)
+    if obj.num_processes < 1:
+        _fail(src, p + "num_processes", "an integer >= 1", obj.num_processes)
+    if obj.device not in ("auto", "cpu", "cuda"):
+        _fail(src, p + "device", "one of auto, cpu, cuda", obj.device)
+    if obj.finetune_workers < 1:
+        _fail(src, p + "finetune_workers", "an integer >= 1", obj.finetune_workers)
+    if obj.peak_tflops <= 0:
+        _fail(src, p + "peak_tflops", "a positive number", obj.peak_tflops)
+    if not 0 < obj.assumed_mfu <= 1:
+        _fail(src, p + "assumed_mfu", "a fraction in (0, 1]", obj.assumed_mfu)
+    _check_machines(obj, src, p)
+
+
+def _profile(obj, src: str, p: str) -> None:
+    if not PROFILE_NAME.fullmatch(obj.profile or ""):
+        _fail(src, "profile", "a plain name (letters, digits, _ . + - and spaces; the folder "
+              "<outputs>/<profile>: no / and no leading dot)", obj.profile)
+    _check_models(obj, src)
+
+
+#: section class name -> its rules (by name: the schema calls :func:`check_values`, so the rules do not import it)
+_SECTIONS = {"PretrainConfig": _pretrain, "DataConfig": _data, "ModelConfig": _model, "DistillConfig": _distill,
+             "FinetuneConfig": _finetune, "StudiesConfig": _studies, "LaunchConfig": _launch, "Config": _profile}
 
 
 def _check_machines(la, src: str, p: str) -> None:

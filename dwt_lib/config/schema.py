@@ -1,4 +1,5 @@
-"""Typed, frozen configuration loaded from ``params/<profile>.yaml``.
+"""The schema of a profile: typed, frozen dataclasses, and the builder that makes them from plain data (types
+checked here, values by :mod:`dwt_lib.config.rules`); loading a file is :mod:`dwt_lib.config.load`.
 
 A profile is a YAML file. It may say ``extends: <other profile>`` and then list only its
 differences; mappings merge key by key (except those in ``_REPLACE_WHOLE``: schedules, per-task maps,
@@ -6,22 +7,18 @@ differences; mappings merge key by key (except those in ``_REPLACE_WHOLE``: sche
 ``load_params`` validates every key against the dataclasses below and raises one
 :class:`ConfigError` naming the file and the key path, e.g.
 ``params/smoke.yaml: pretrain.lr: expected a positive number, got -1`` (value rules:
-:mod:`dwt_lib.config_checks`).
+:mod:`dwt_lib.config.rules`).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-import yaml
-
 from dwt_lib.config.rules import check_values
-from dwt_lib.config.sizes import ARCHS
 from dwt_lib.core.hashing import jsonable, stable_hash
 from dwt_lib.core.errors import ConfigError
 

@@ -1,7 +1,7 @@
 """Pre-training corpus text: clean documents, split sentences, sample 1 in N, split by document.
 
 Everything here is plain Python over strings and is deterministic: the same inputs give the same
-sentences in the same order on every machine. These functions define the rules; :mod:`dwt_lib.pipeline`
+sentences in the same order on every machine. These functions define the rules; :mod:`dwt_lib.data.pipeline`
 applies them batch by batch on many cores (``sample_sentences`` and ``load_documents`` hold everything in
 lists: they are the small-scale reference the tests compare the pipeline with). Tokenization, packing
 and caching are in ``data.py``.

@@ -1,7 +1,7 @@
 """GLUE tasks: metadata, loading (offline mirror or Hub), dynamic-padding batches, metrics.
 
 Sources. ``source`` is a Hub id (``nyu-mll/glue``) or ``sample:nyu-mll/glue`` (the subsets
-shipped with the package). Through :func:`dwt_lib.sources.resolve` a Hub id becomes
+shipped with the package). Through :func:`dwt_lib.data.sources.resolve` a Hub id becomes
 ``$DWT_DATA_DIR/nyu-mll/glue`` when that folder exists; from a folder splits are read from
 ``<folder>/<task>/<split>-*.parquet`` (Hub layout, Hub label ids). Otherwise
 ``datasets.load_dataset(source, task, split=...)`` fetches them. The offline mirror has no
@@ -25,17 +25,17 @@ import numpy as np
 import torch
 
 from dwt_lib.config.tasks import TASKS, GlueTask, get_task, split_name
+from dwt_lib.core.errors import DataSourceError
+from dwt_lib.data.sources import require_source, resolve, SAMPLE_PREFIX
 
 
 # ----------------------------------------------------------------------------- reading
 
 def _resolve(source: str) -> str:
-    from dwt_lib.data.sources import resolve
     return resolve(source)
 
 
 def _error(msg: str) -> Exception:
-    from dwt_lib.core.errors import DataSourceError
     return DataSourceError(msg)
 
 
@@ -44,7 +44,6 @@ def _local_files(folder: Path, task: str, split: str) -> list[Path]:
 
 
 def _unavailable(task: str, split: str, source: str, tried: str) -> Exception:
-    from dwt_lib.data.sources import SAMPLE_PREFIX
     if source.startswith(SAMPLE_PREFIX):
         return _error(
             f"GLUE {task} split {split!r} is not in the sample {source!r} (tried {tried}): the sample "
@@ -84,7 +83,6 @@ def check_split(task: str, split: str = "train", source: str = "nyu-mll/glue") -
 
     A local mirror is checked file by file; a Hub id is checked to exist and be reachable
     (its splits are only known by downloading them)."""
-    from dwt_lib.data.sources import require_source
     t = get_task(task)
     split = split_name(t.name, split)
     folder = Path(require_source(source, "GLUE source"))

@@ -7,7 +7,7 @@ disk, memory bounded by the batch, not the corpus (HF ``run_mlm.py`` / Megatron 
 2. **Text pass** (``map``, batched, ``num_proc``): clean, split sentences, count words; the document's
    validation draw ``sha256(seed:key)``. Workers take contiguous shards and datasets concatenates them in
    order, so the output does not depend on ``num_proc`` (no leftovers carried between batches).
-3. **Sampling plan** (:mod:`dwt_lib.sampling`; main process, arrays of one number per document, as Megatron
+3. **Sampling plan** (:mod:`dwt_lib.data.sampling`; main process, arrays of one number per document, as Megatron
    keeps document lengths): documents in the global order (corpora interleaved round-robin), an exclusive prefix sum of sentence
    counts gives each document's first global sentence index, hence which of its sentences are 1 in N and how
    many survive ``max_sentences``. Validation documents by hash.
@@ -100,7 +100,7 @@ def open_corpus(c, source: str, max_documents: Optional[int], work: Path, stream
 
 def group_rows(ds, k: int, path: Path, window: int = 1 << 16):
     """Rows of ``ds`` (column ``text``) joined ``k`` at a time into documents, as
-    :func:`dwt_lib.corpus.group_texts`: row ``r`` goes to document ``r // k`` (global row index, in the main
+    :func:`dwt_lib.data.corpus.group_texts`: row ``r`` goes to document ``r // k`` (global row index, in the main
     process, so the grouping never depends on ``num_proc``). Streams windows of ``k * window`` rows (about
     ``window`` documents) from the memory-mapped Arrow table into ``path``."""
     import datasets

@@ -65,7 +65,7 @@ def cache_path(dc: DataConfig) -> Path:
 
 
 def build(dc: DataConfig, out: Path, num_proc: Optional[int] = None, streaming: bool = False) -> dict:
-    """Run the whole pipeline (:func:`dwt_lib.pipeline.build`) for ``dc`` and write ``train.npy``,
+    """Run the whole pipeline (:func:`dwt_lib.data.pipeline.build`) for ``dc`` and write ``train.npy``,
     ``validation.npy``, ``tokenizer/`` and ``stats.json`` into ``out`` (an empty folder). Returns the stats."""
     srcs = [require(resolve_corpus(c), "pre-training corpus") for c in dc.corpora]
     if needs_source(dc):

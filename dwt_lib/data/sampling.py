@@ -1,4 +1,4 @@
-"""The sampling plan of data preparation (step 3 of :mod:`dwt_lib.pipeline`), as arrays of one number per
+"""The sampling plan of data preparation (step 3 of :mod:`dwt_lib.data.pipeline`), as arrays of one number per
 document: the global document order, which sentences are kept (1 in N over a *global* running sentence
 index, then the first ``max_sentences``), the validation split from per-document draws, and the windows the
 gather step reads in. Pure NumPy, so the rule is testable apart from the build.
@@ -22,7 +22,7 @@ def interleave_order(sizes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
 def sampling_plan(n_sentences: np.ndarray, every: int, max_sentences: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
     """Per document (global order): local index of its first kept sentence and how many it keeps.
 
-    The same rule as :func:`dwt_lib.corpus.sample_sentences`: sentence ``g`` (global running index) is kept
+    The same rule as :func:`dwt_lib.data.corpus.sample_sentences`: sentence ``g`` (global running index) is kept
     when ``g % every == 0``, then the first ``max_sentences`` kept ones overall.
     """
     n = np.asarray(n_sentences, dtype=np.int64)
@@ -36,7 +36,7 @@ def sampling_plan(n_sentences: np.ndarray, every: int, max_sentences: Optional[i
 
 
 def validation_from_draws(u: np.ndarray, fraction: float) -> np.ndarray:
-    """:func:`dwt_lib.corpus.validation_mask` from precomputed draws: ``u < fraction``, at least one."""
+    """:func:`dwt_lib.data.corpus.validation_mask` from precomputed draws: ``u < fraction``, at least one."""
     mask = u < fraction
     if len(u) and not mask.any():
         mask[int(np.argmin(u))] = True

@@ -24,7 +24,7 @@ MIN_TAIL_TOKENS = 8   # a document's last block with fewer content tokens is dro
 
 def load_tokenizer(name_or_path: str):
     """A fast tokenizer from a Hub id (through the mirror), ``sample:<path>`` or a saved folder; ``"bytes"``: the
-    byte-level tokenizer (:mod:`dwt_lib.bytetok`)."""
+    byte-level tokenizer (:mod:`dwt_lib.data.bytetok`)."""
     if name_or_path == BYTE_TOKENIZER:
         return byte_tokenizer()
     from transformers import AutoTokenizer

@@ -1,5 +1,5 @@
 """Function-preserving growth: a shallower teacher grown into the deeper student, which at step 0
-computes exactly the teacher's function (notebook 06; the paper's remapping, :mod:`dwt_lib.remap`,
+computes exactly the teacher's function (notebook 06; the paper's remapping, :mod:`dwt_lib.models.remap`,
 does not: it repeats the last layer).
 
 BERT here is post-LayerNorm (each layer ends in ``LayerNorm(x + f(x))``), so zeroing a new layer's
@@ -23,7 +23,7 @@ residual stream, which identity layers leave as it is, and ModernBERT's layer 0 
 Where the new layers go: just below the teacher's last layer. Student layers 0..n_t-2 take the
 teacher's first n_t-1 layers, then the new (gated) layers, and the student's last layer is the
 teacher's last layer, so the MLM head still reads the layer it was trained on (and
-:class:`~dwt_lib.models.SparseMLM` keeps running the last layer on the masked rows only). Embeddings
+:class:`~dwt_lib.models.encoder.SparseMLM` keeps running the last layer on the masked rows only). Embeddings
 and the MLM head are copied; widths must agree.
 """
 from __future__ import annotations
@@ -144,27 +144,3 @@ def function_gap(teacher, student, input_ids: torch.Tensor, attention_mask: torc
         teacher.train(modes[0])
         student.train(modes[1])
     return float((a.float() - b.float()).abs().max())
-
-
-def grow_student(teacher, student, out, data, tokenizer, mlm_probability: float, save: bool) -> Gates:
-    """What a ``grow`` run does at step 0 (:func:`dwt_lib.pretrain.train`): grow ``student`` from ``teacher``,
-    measure :func:`function_gap` on 8 held-out blocks (masked as in evaluation) and, with ``save``, write
-    ``grow_report.json`` (sources, new layers, the gap) and the initial weights ``init/`` beside the run."""
-    from dwt_lib.data.masking import mask_tokens
-    from dwt_lib.models.encoder import use_device_attention
-    from dwt_lib.core.io import atomic_write_json
-    gates, report = grow(teacher, student)
-    if save:
-        device = next(teacher.parameters()).device
-        student.to(device)
-        use_device_attention(student, device)
-        from dwt_lib.data.masking import EVAL_MASK_SEED
-        ids, _ = mask_tokens(data.validation[:8], tokenizer, mlm_probability,
-                             torch.Generator().manual_seed(EVAL_MASK_SEED))
-        ids = ids.to(device)
-        report["function_gap"] = function_gap(teacher, student, ids, ids != tokenizer.pad_token_id)
-        report["function_gap_blocks"] = int(len(ids))
-        from dwt_lib.train.pretrain import save_model
-        atomic_write_json(out / "grow_report.json", report)
-        save_model(student, None, out / "init")
-    return gates

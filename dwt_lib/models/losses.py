@@ -142,7 +142,8 @@ class DWTLoss(NamedTuple):
 def dwt_loss(student_logits: torch.Tensor, labels: torch.Tensor,
              teacher_logits: Optional[torch.Tensor] = None, alpha_hard: float = 1.0,
              alpha_soft: float = 1.0, temperature: float = 1.0,
-             soft_mask: Optional[torch.Tensor] = None, scale_by_t2: bool = True) -> DWTLoss:
+             soft_mask: Optional[torch.Tensor] = None, scale_by_t2: bool = True,
+             hard_scale: float = 1.0, soft_scale: float = 1.0) -> DWTLoss:
     """Eq. 3: ``total = alpha_hard * H + alpha_soft * S`` with H = :func:`hard_loss` and
     S = :func:`soft_loss`.
 
@@ -151,10 +152,14 @@ def dwt_loss(student_logits: torch.Tensor, labels: torch.Tensor,
     logits. Without a teacher, ``soft`` is a float32 zero and ``total = alpha_hard * H``.
     ``alpha_soft`` and ``temperature`` are plain numbers: the caller evaluates their schedules
     at the current step.
+
+    ``hard_scale`` and ``soft_scale`` multiply each term before the weighting: the training loop
+    (:func:`dwt_lib.train.pretrain.dwt_losses`) gives one micro-batch ``n_selected / n_global`` so that the
+    micro-batches of a global batch sum to its per-token mean; 1 (exact) everywhere else.
     """
-    hard = hard_loss(student_logits, labels)
+    hard = hard_loss(student_logits, labels) * hard_scale
     if teacher_logits is None:
         soft = torch.zeros((), dtype=torch.float32, device=student_logits.device)
         return DWTLoss(alpha_hard * hard, hard, soft)
-    soft = soft_loss(student_logits, teacher_logits, temperature, soft_mask, scale_by_t2)
+    soft = soft_loss(student_logits, teacher_logits, temperature, soft_mask, scale_by_t2) * soft_scale
     return DWTLoss(alpha_hard * hard + alpha_soft * soft, hard, soft)

@@ -19,6 +19,7 @@ from IPython.display import display
 from dwt_lib.notebook import plots
 from dwt_lib.models.losses import hard_loss, soft_loss
 from dwt_lib.runs.registry import outputs_dir
+from dwt_lib.studies.identity import all_run_names, named_run, study_runs
 
 
 def _show(fig) -> None:
@@ -112,7 +113,6 @@ def resolve_runs(cfg, names: list[str]) -> dict[str, str]:
 
     A profile name is hashed as the studies would (so ``soft-normal`` finds the ``dwt-weak`` run it shares);
     anything else must be a finished run's id or recorded name. Raises ValueError naming the finished runs."""
-    from dwt_lib.studies.identity import all_run_names, named_run
     reg = plots.registry_runs(outputs_dir(cfg) / "runs")
     by_name = {r["name"]: i for i, r in reg.items()}
     known = set(all_run_names(cfg))
@@ -138,12 +138,11 @@ def finished_runs_table(cfg):
 
 def default_runs(cfg, study: str) -> list[str]:
     """The runs a comparison starts from: the study's students (its teachers only in their own study)."""
-    from dwt_lib.studies.identity import study_runs
     return [n for n in study_runs(cfg, study) if not n.startswith("teacher-")]
 
 
 def compare_runs(cfg, study: Optional[str] = None, interactive: bool = True, default: Optional[list[str]] = None):
-    """List the profile's finished runs and overlay chosen ones with :func:`dwt_lib.plots.compare_runs`
+    """List the profile's finished runs and overlay chosen ones with :func:`dwt_lib.notebook.plots.compare_runs`
     (loss curves and fine-tuning scores). The runs drawn first (and, with ``interactive=False``, the only ones):
     ``default``, else the study's students. Returns the picker widget (or None)."""
     runs_dir = outputs_dir(cfg) / "runs"

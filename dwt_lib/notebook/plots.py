@@ -13,6 +13,10 @@ import matplotlib.pyplot as plt
 import matplotlib.ticker
 
 from dwt_lib.runs.registry import read_json, read_log
+from dwt_lib.config.arms import split_seed
+from dwt_lib.studies.beyond import TITLES
+from dwt_lib.studies.premise import premise, TREND_FROM
+from dwt_lib.studies.results import baseline_tasks, over_training_comparisons
 
 COLORS = {"teacher": "#4C72B0", "student": "#C44E52", "dwt": "#55A868", "soft-normal": "#55A868",
           "soft-strong": "#DD8452", "soft-decay": "#8172B3", "remap": "#937860"}
@@ -111,10 +115,8 @@ def teacher_quality(result_path: Path):
 def premise_curves(result_path: Path):
     """The paper's premise (teachers worse than the standalone student): held-out MLM loss and masked-token
     accuracy against tokens seen for the standalone student (every pre-training seed) and each teacher,
-    from the curves in ``results/teacher_quality.json``; the verdict of :func:`dwt_lib.premise.premise`
+    from the curves in ``results/teacher_quality.json``; the verdict of :func:`dwt_lib.studies.premise.premise`
     in the title."""
-    from dwt_lib.studies.premise import premise
-    from dwt_lib.config.arms import split_seed
     res = read_json(result_path)
     p = premise(res)
     blues = ["#1f3b73", "#4C72B0", "#8fb0e0", "#c5d6f0"]
@@ -155,7 +157,6 @@ def _premise_gaps(ax, p: dict, colour: dict) -> None:
     over the second half of the run extended (dotted: an extrapolation) to where it reaches the required gap."""
     import math
 
-    from dwt_lib.studies.premise import TREND_FROM
     need = p["required_gap"]
     t_max = 0.0
     for g in p["gaps"]:
@@ -189,7 +190,6 @@ def over_training(result_path: Path, name: str):
     """Fig. 3 / 4: per-task fine-tuning score at each pre-training snapshot, one panel per task,
     mean over seeds with the seed range shaded. A task on which no model beats its majority-class baseline
     gets a panel that says so (and the baseline) instead of flat lines."""
-    from dwt_lib.studies.results import baseline_tasks
     res = read_json(result_path)
     tasks = res["tasks"]
     dead = set(baseline_tasks(res["scores"]))
@@ -226,7 +226,6 @@ def over_training(result_path: Path, name: str):
         axes[0][0].set_ylabel("validation score")
         if handles:
             fig.legend(handles.values(), handles.keys(), fontsize=8, loc="outside right center")
-        from dwt_lib.studies.results import over_training_comparisons
         comps = over_training_comparisons(res)
         said = (f"\n{sum(c['resolved'] for c in comps)} of {len(comps)} differences resolved (> 2 SE)"
                 if comps else "")
@@ -312,7 +311,7 @@ def compare_runs(runs_dir: Path, chosen: dict[str, str], save_as: str | None = N
     """Overlay chosen runs of one profile: pre-training MLM loss against step (solid: training, dotted: held-out)
     and fine-tuning scores per task at each run's last snapshot (mean over seeds, bar; seed range, whisker).
 
-    ``chosen`` maps run id -> label (see :func:`dwt_lib.explore.resolve_runs`). With ``save_as`` the figure is
+    ``chosen`` maps run id -> label (see :func:`dwt_lib.notebook.explore.resolve_runs`). With ``save_as`` the figure is
     saved as ``outputs/<profile>/figures/<save_as>.png|svg``."""
     import numpy as np
     reg = registry_runs(runs_dir)
@@ -410,7 +409,6 @@ def beyond(result_path: Path, question: str):
         for ax in axes:
             ax.title.set_fontsize(9)
         axes[1].legend(fontsize=7)
-        from dwt_lib.studies.beyond import TITLES
         last = max(res["fractions"])
         at_end = [c for c in res["questions"][question]["comparisons"] if c["fraction"] == last]
         fig.suptitle(f"{TITLES[question]} ({res['provenance']['profile']} profile; {len(res['seeds'])} fine-tuning "

@@ -13,7 +13,9 @@ from typing import Optional
 import torch
 
 from dwt_lib.config.schema import Config
+from dwt_lib.data import prepare
 from dwt_lib.data.tokens import vocab_size
+from dwt_lib.studies.identity import named_run
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,6 @@ def teacher_prediction(cfg: Config, role: str = "weak", block: int = 0, window: 
     ordinary word-piece after the block's middle), if its run is finished; else random logits (seeded
     by ``pretrain.seed``) of the data's vocabulary size (261 for bytes). ``window`` word-pieces each side go into
     ``context``."""
-    from dwt_lib.studies.identity import named_run
     run = named_run(cfg, f"teacher-{role}")
     model_dir = run.dir / "model"
     if not (run.finished() and (model_dir / "config.json").exists()):
@@ -59,10 +60,9 @@ def teacher_prediction(cfg: Config, role: str = "weak", block: int = 0, window: 
                                           f"registry yet (notebook 03 trains it)")
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    from dwt_lib.data.prepare import prepare_pretraining_data
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForMaskedLM.from_pretrained(model_dir).eval()
-    val = prepare_pretraining_data(cfg).validation
+    val = prepare.prepare_pretraining_data(cfg).validation   # through the module: a test patches it
     ids = val[block % len(val)].clone()
     special = set(tok.all_special_ids)
     pos = next(i for i in range(len(ids) // 2, len(ids))

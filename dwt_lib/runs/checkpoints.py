@@ -7,7 +7,7 @@ then moves ``last.pt`` to ``prev.pt`` and ``last.tmp`` to ``last.pt``: at every 
 one checkpoint on disk matches a checksum in the manifest. A load takes the newest file whose
 checksum is in the manifest; a damaged one (truncated, empty, changed bytes) is moved aside as
 ``<name>.damaged`` and the one before it is used, with a message naming both. A full disk
-leaves no ``last.tmp`` behind and raises :class:`~dwt_lib.errors.DiskFullError`.
+leaves no ``last.tmp`` behind and raises :class:`~dwt_lib.core.errors.DiskFullError`.
 
 fairseq writes to ``.tmp`` then renames, torchtitan commits with a metadata file; neither
 falls back to the previous checkpoint when the newest is damaged.

@@ -34,13 +34,12 @@ from dwt_lib.core.paths import REPO, outputs_root  # noqa: F401  (REPO: importab
 
 
 def outputs_dir(cfg: Config) -> Path:
-    """``$DWT_OUTPUTS_DIR/<profile>`` (default ``<repo>/outputs/<profile>``), absolute (:mod:`dwt_lib.paths`)."""
+    """``$DWT_OUTPUTS_DIR/<profile>`` (default ``<repo>/outputs/<profile>``), absolute (:mod:`dwt_lib.core.paths`)."""
     return outputs_root() / cfg.profile
 
 
 # ----------------------------------------------------------------------------- atomic I/O
-# atomic_write_bytes / _text / _json live in dwt_lib.atomic (a leaf module: integrity.py uses them too);
-# imported above and still importable from here.
+# atomic writes live in dwt_lib.core.io (every layer uses them).
 
 
 def read_json(path: Path) -> Any:
@@ -121,7 +120,7 @@ def versions() -> dict:
 
 def provenance(cfg: Config, wall_time_s: Optional[float] = None) -> dict:
     """What every result file records: resolved config, its hash, where each data source was read from
-    (sample / mirror, stand-in or not / hub: :func:`dwt_lib.sources.describe_sources`), git commit,
+    (sample / mirror, stand-in or not / hub: :func:`dwt_lib.data.sources.describe_sources`), git commit,
     versions, the machine (:func:`machine`), wall time."""
     return {"profile": cfg.profile, "config": cfg.to_dict(), "config_hash": cfg.short_hash(),
             "data_sources": describe_sources(cfg),

@@ -1,8 +1,8 @@
 """Notebook 06's study: every ``studies.beyond`` arm and the runs it is compared with, fine-tuned at every
-snapshot; comparisons with both spreads (:mod:`dwt_lib.spread`) and one generated paragraph per question.
+snapshot; comparisons with both spreads (:mod:`dwt_lib.studies.spread`) and one generated paragraph per question.
 
 Writes ``outputs/<profile>/results/beyond.json`` (:func:`runs.write_result`: config, hash, commit,
-versions); :func:`dwt_lib.plots.beyond` draws from it. The runs of notebooks 03-05 that the arms are
+versions); :func:`dwt_lib.notebook.plots.beyond` draws from it. The runs of notebooks 03-05 that the arms are
 compared with (``against``) come from the registry, trained only if missing.
 """
 from __future__ import annotations

@@ -8,7 +8,7 @@ Run names (``dwt pretrain --run NAME``):
 - ``soft-<variant>``: the student distilled from the weak teacher with a_s from
   ``studies.soft_weight.<variant>`` (Fig. 3)
 - ``remap-<role>``: DWT from that teacher, student initialised by parameter remapping (Fig. 4)
-- ``beyond-<arm>``: notebook 06's arms, settings from ``studies.beyond.<arm>`` (:mod:`dwt_lib.beyond`):
+- ``beyond-<arm>``: notebook 06's arms, settings from ``studies.beyond.<arm>`` (:mod:`dwt_lib.config.arms`):
   a teacher-aware or KI soft weight, another temperature, label-smoothed targets, growth from the teacher
 
 - ``<name>:s<seed>``: that run pre-trained with another seed (``pretrain.seed``), e.g.
@@ -27,12 +27,17 @@ from typing import Optional
 from dwt_lib.config import arms as beyond
 from dwt_lib.runs import integrity, registry as runs
 from dwt_lib.studies import nodes
+from dwt_lib.train import finetune as finetuning, pretrain as pretraining
 from dwt_lib.config.schema import Config
 from dwt_lib.core.hashing import jsonable
 from dwt_lib.config.arms import SEED_MARK, arm_names, split_seed
-from dwt_lib.core.errors import UnknownNameError
+from dwt_lib.core.errors import PreflightError, UnknownNameError
 from dwt_lib.runs.registry import Run, outputs_dir
 from dwt_lib.core.io import atomic_write_json
+from dwt_lib.config.load import config_from_dict
+from dwt_lib.config.sizes import resolve_size
+from dwt_lib.config.tasks import task_settings
+from dwt_lib.data.prepare import data_hash, prepare_pretraining_data
 
 
 #: Settings that say how often a run logs, evaluates and checkpoints, not what it learns: they are
@@ -48,8 +53,6 @@ def _base_key(cfg: Config, size: str) -> dict:
     # "data" is the processed data's hash, not just cfg.data: it also changes with the data code version
     # (e.g. a new tokenizer training) and with the dataset actually read (Hub, mirror stand-in, sample),
     # each of which gives other token ids, so a run on other data never resumes or reuses this one.
-    from dwt_lib.data.prepare import data_hash
-    from dwt_lib.config.sizes import resolve_size
     # "arch" and "initializer_range" enter only when not at their defaults (bert, the arch's own), so every run
     # from before they existed keeps its id (tests/test_golden_ids.py).
     pretrain = {k: v for k, v in jsonable(cfg.pretrain).items() if k not in BOOKKEEPING}
@@ -138,7 +141,6 @@ def named_run(cfg: Config, name: str) -> Run:
         kw = beyond.run_settings(cfg, name[len(beyond.PREFIX):])
         role = kw.pop("teacher_role")
         return pretrain_run(cfg, name, cfg.model.student, named_run(cfg, f"teacher-{role}") if role else None, **kw)
-    from dwt_lib.core.errors import UnknownNameError
     raise UnknownNameError(f"unknown run name {name!r} for profile {cfg.profile}", "--run",
                            f"known: {', '.join(all_run_names(cfg))}")
 
@@ -199,8 +201,7 @@ def ensure_pretrained(cfg: Config, name: str, progress: bool = True) -> dict:
     def work(r: Run) -> dict:
         atomic_write_json(r.dir / "config.json", rcfg.to_dict())
         if rcfg.launch.num_processes == 1 and rcfg.launch.num_machines == 1:
-            from dwt_lib.train.pretrain import train
-            return train(rcfg, r, progress=progress)
+            return pretraining.train(rcfg, r, progress=progress)      # through the module: tests patch it
         return _launch_workers(rcfg, r)
 
     def check(r: Run, res: dict) -> Optional[str]:
@@ -223,18 +224,17 @@ def eval_set_problem(cfg: Config, res: dict) -> Optional[str]:
 
 def pretrained_problem(run: Run, res: dict) -> Optional[str]:
     """What a finished pre-training run lacks (its model, a snapshot, its metrics) or has damaged (a weight file
-    whose sha256 differs from the one recorded at save: :mod:`dwt_lib.integrity`), or None."""
+    whose sha256 differs from the one recorded at save: :mod:`dwt_lib.runs.integrity`), or None."""
     if "final_eval" not in res:
         return "its result has no final_eval"
     return integrity.folders_problem(run.dir, ["model"] + sorted(res.get("snapshots", {}).values()))
 
 
 def _launch_workers(cfg: Config, run: Run) -> dict:
-    """``accelerate launch`` of the run's workers (:func:`dwt_lib.nodes.launch`); on several machines this is node 0,
+    """``accelerate launch`` of the run's workers (:func:`dwt_lib.studies.nodes.launch`); on several machines this is node 0,
     which builds the data cache first so that no node waits for it inside a collective (the others poll for the
     run's announcement instead)."""
     if cfg.launch.num_machines > 1:
-        from dwt_lib.data.prepare import prepare_pretraining_data
         prepare_pretraining_data(cfg)
     nodes.launch(cfg, run.dir, run.name)
     return runs.read_json(run.dir / "final.json")
@@ -242,7 +242,6 @@ def _launch_workers(cfg: Config, run: Run) -> dict:
 
 def finetune_run(cfg: Config, pretrain_name: str, task: str, seed: int, fraction: float = 1.0) -> Run:
     """The fine-tuning run of one pre-training snapshot on one task with one seed."""
-    from dwt_lib.config.tasks import task_settings
     base = named_run(cfg, pretrain_name)
     key = jsonable({"pretrain": base.id, "fraction": round(fraction, 4), "task": task, "seed": seed,
                      "finetune": task_settings(cfg.finetune, task)})
@@ -253,7 +252,6 @@ def finetune_run(cfg: Config, pretrain_name: str, task: str, seed: int, fraction
 def ensure_finetuned(cfg: Config, pretrain_name: str, task: str, seed: int, fraction: float = 1.0,
                      progress: bool = False) -> dict:
     """Result of fine-tuning a pre-training run's snapshot on a GLUE task (trains what is missing)."""
-    from dwt_lib.train.finetune import finetune
     base_res = ensure_pretrained(cfg, pretrain_name)
     snap = base_res.get("snapshots", {}).get(f"{fraction:.2f}")
     if snap is None:
@@ -266,7 +264,7 @@ def ensure_finetuned(cfg: Config, pretrain_name: str, task: str, seed: int, frac
         from transformers import AutoTokenizer
         tok = AutoTokenizer.from_pretrained(model_dir)
         device = "cpu" if cfg.launch.device == "cpu" else "auto"
-        res = finetune(model_dir, task, cfg.finetune, tok, seed, device=device, progress=progress)
+        res = finetuning.finetune(model_dir, task, cfg.finetune, tok, seed, device=device, progress=progress)
         res.update(pretrain_run=pretrain_name, fraction=fraction)
         return res
 
@@ -282,7 +280,7 @@ def study_scores(cfg: Config, names: list[str], tasks: list[str], fractions=(1.0
     writes make that safe, and the results are the same as one at a time.
 
     Returns a list of result dicts (each with ``pretrain_run``, ``fraction``, ``task``, ``seed``,
-    ``score``, ``metrics``), ready for :func:`dwt_lib.finetune.glue_scores` or a DataFrame.
+    ``score``, ``metrics``), ready for :func:`dwt_lib.train.finetune.glue_scores` or a DataFrame.
     """
     cfg = with_selected_lrs(cfg, tasks, progress)     # finetune.lr_grid: lrs chosen on the student first
     if cfg.launch.finetune_workers > 1:
@@ -370,7 +368,6 @@ def finetune_parallel(cfg: Config, jobs: list[tuple], workers: int, progress: bo
 
 def _finetune_job(cfg_dict: dict, job: tuple, threads: int) -> float:
     import torch
-    from dwt_lib.config.load import config_from_dict
     torch.set_num_threads(threads)
     name, task, seed, fr = job
     return ensure_finetuned(config_from_dict(cfg_dict), name, task, seed, fr)["score"]
@@ -378,12 +375,11 @@ def _finetune_job(cfg_dict: dict, job: tuple, threads: int) -> float:
 
 def check_device(cfg: Config) -> None:
     """Fail at once, with the fix, when the profile asks for CUDA and this machine has none
-    (a :class:`~dwt_lib.errors.PreflightError`: the CLI prints it as one line)."""
+    (a :class:`~dwt_lib.core.errors.PreflightError`: the CLI prints it as one line)."""
     if cfg.launch.device != "cuda":
         return
     import torch
     if not torch.cuda.is_available():
-        from dwt_lib.core.errors import PreflightError
         raise PreflightError(
             f"profile {cfg.profile} sets launch.device: cuda, but torch {torch.__version__} sees no CUDA GPU here",
             "launch.device",

@@ -15,7 +15,11 @@ from dwt_lib.models.encoder import arch_of, train_flops_per_sequence
 from dwt_lib.studies.preflight import run_disk_bytes
 from dwt_lib.config.tasks import get_task
 from dwt_lib.core.paths import cache_root
-from dwt_lib.studies.identity import all_run_names, named_run
+from dwt_lib.studies.identity import all_run_names, finetune_run, named_run, seed_runs, study_runs, teacher_name
+from dwt_lib.data.glue import _resolve, split_size
+from dwt_lib.data.prepare import cache_path
+from dwt_lib.runs.registry import read_json
+from dwt_lib.train.steps import global_batch, total_steps
 
 A100_BF16_PEAK = 312e12
 ASSUMED_MFU = 0.40
@@ -25,8 +29,6 @@ ASSUMED_BYTES_PER_SENTENCE = 120  # data.tokenizer: bytes (~22 words of ~5.5 byt
 
 
 def _blocks(cfg: Config) -> tuple[int, str]:
-    from dwt_lib.data.prepare import cache_path
-    from dwt_lib.runs.registry import read_json
     p = cache_path(cfg.data) / "stats.json"
     if p.exists():
         return int(read_json(p)["train_blocks"]), "measured (processed-data cache)"
@@ -40,7 +42,6 @@ def _blocks(cfg: Config) -> tuple[int, str]:
 
 def make_plan(cfg: Config) -> dict:
     """Rows (one per pre-training run) with steps, tokens, PFLOPs and A100-hours, plus totals."""
-    from dwt_lib.train.steps import global_batch, total_steps
     n_blocks, source = _blocks(cfg)
     world = cfg.launch.num_processes
     steps = total_steps(cfg, n_blocks, world)
@@ -61,7 +62,6 @@ def make_plan(cfg: Config) -> dict:
         f = train_flops_per_sequence(scfg, L, soft_tokens if run.key.get("teacher") else masked)
         teacher = None
         if run.key.get("teacher"):
-            from dwt_lib.studies.identity import teacher_name
             teacher = named_run(cfg, teacher_name(cfg, name))
             f += train_flops_per_sequence(arch.make_config(teacher.key["shape"], vocab), L, soft_tokens, train=False)
         flops = f * seqs
@@ -160,7 +160,6 @@ def data_prep_estimate(cfg: Config, cores: int | None = None) -> dict:
     """
     import os
 
-    from dwt_lib.data.prepare import cache_path
     dc = cfg.data
     cores = cores or dc.num_proc or os.cpu_count() or 1
     p = cache_path(dc)
@@ -214,7 +213,6 @@ def finetune_jobs(cfg: Config) -> list[tuple[str, float, str, int]]:
     with ``finetune.lr_grid``, the student's extra grid runs (counted, not named exactly: which grid lr is chosen
     is known only after them). Two names of one run (``soft-normal`` = ``dwt-weak``) count once, as the
     registry trains them once."""
-    from dwt_lib.studies.identity import finetune_run, seed_runs, study_runs
     tasks = list(cfg.finetune.tasks)
     over = [t for t in cfg.studies.soft_weight_tasks if t in tasks] or tasks
     fractions = sorted(cfg.pretrain.snapshot_fractions)
@@ -236,11 +234,10 @@ def finetune_jobs(cfg: Config) -> list[tuple[str, float, str, int]]:
 
 
 def finetune_steps(cfg: Config, task: str) -> int:
-    """Optimizer steps of one fine-tuning run on ``task`` (as :func:`dwt_lib.finetune.finetune` counts them)."""
+    """Optimizer steps of one fine-tuning run on ``task`` (as :func:`dwt_lib.train.finetune.finetune` counts them)."""
     import math
     from pathlib import Path
 
-    from dwt_lib.data.glue import _resolve, split_size
     ft = cfg.finetune
     # the size in the local copy when there is one; else the Hub's (a plan downloads nothing)
     n = split_size(task, "train", ft.source) if Path(_resolve(ft.source)).is_dir() else None

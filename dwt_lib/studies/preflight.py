@@ -6,7 +6,7 @@ and snapshot fraction is known, that every GLUE task and split the fine-tuning w
 read from the configured source (the offline mirror has no MNLI, QQP or QNLI train), that the
 outputs folder is writable, and that its disk has room for the checkpoints and models of the runs
 still to train (:func:`run_disk_bytes`, also shown by ``dwt plan``). Each failure raises one
-:class:`~dwt_lib.errors.DwtError` that names the problem and the fix.
+:class:`~dwt_lib.core.errors.DwtError` that names the problem and the fix.
 """
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ from dwt_lib.core.errors import PreflightError, UnknownNameError
 from dwt_lib.models.encoder import build_model, count_parameters, model_kwargs
 from dwt_lib.core.paths import cache_root, data_root, env_dir
 from dwt_lib.runs.registry import outputs_dir
+from dwt_lib.config.tasks import get_task
+from dwt_lib.data.glue import check_split
+from dwt_lib.studies.identity import all_run_names, named_run, pretrained_problem, teacher_name
 
 FP32 = 4
 SAVE_COPIES = 3          # last.pt, prev.pt and last.tmp while a save is being verified
@@ -53,8 +56,6 @@ def _fractions_known(cfg: Config, fractions: Iterable[float]) -> None:
 
 
 def _glue_readable(cfg: Config, tasks: Sequence[str]) -> None:
-    from dwt_lib.data.glue import check_split
-    from dwt_lib.config.tasks import get_task
     for task in tasks:
         get_task(task)                          # unknown names first: they need no data
     for task in tasks:
@@ -88,7 +89,6 @@ def _folders(cfg: Config) -> None:
 
 
 def _disk_room(cfg: Config, names: Sequence[str], folder: Path) -> None:
-    from dwt_lib.studies.identity import named_run, pretrained_problem, teacher_name
     todo: dict[str, dict] = {}
     stack = list(names)
     while stack:                                # the runs and the teachers they need, unfinished ones
@@ -111,7 +111,6 @@ def _disk_room(cfg: Config, names: Sequence[str], folder: Path) -> None:
 
 def check(cfg: Config, names: Sequence[str], tasks: Sequence[str] = (), fractions: Sequence[float] = ()) -> None:
     """Everything the runs ``names`` and fine-tuning on ``tasks`` at ``fractions`` need, before any work."""
-    from dwt_lib.studies.identity import named_run
     for name in names:
         named_run(cfg, name)                    # an unknown run name lists the known ones
     _fractions_known(cfg, fractions)
@@ -122,5 +121,4 @@ def check(cfg: Config, names: Sequence[str], tasks: Sequence[str] = (), fraction
 
 def check_all(cfg: Config) -> None:
     """:func:`check` for every run, task and snapshot the three studies use (``dwt reproduce``)."""
-    from dwt_lib.studies.identity import all_run_names
     check(cfg, all_run_names(cfg), list(cfg.finetune.tasks), list(cfg.pretrain.snapshot_fractions))

@@ -15,6 +15,7 @@ An extrapolation from one short run with a decaying learning rate, labelled as o
 from __future__ import annotations
 
 import math
+from dwt_lib.config.arms import split_seed
 
 MIN_GAP_NATS = 0.05
 SPREAD_FACTOR = 2.0
@@ -31,7 +32,6 @@ TREND_MAX_FACTOR = 1000.0
 def mean_curve(curves: dict, arm: str) -> list[tuple[float, float]]:
     """(tokens, held-out loss) of ``arm`` averaged over its pre-training seeds (``arm``, ``arm:s43``, ...)
     at the evaluation points they share."""
-    from dwt_lib.config.arms import split_seed
     runs = [c for n, c in curves.items() if split_seed(n)[0] == arm and c]
     if not runs:
         return []

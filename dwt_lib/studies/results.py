@@ -2,7 +2,7 @@
 
 Each study writes ``outputs/<profile>/results/<study>.json``: the numbers its figure is drawn
 from, with the resolved config, its hash, the git commit and versions (:func:`runs.write_result`).
-Figures (:mod:`dwt_lib.plots`) read only these files. Summaries are generated from the numbers,
+Figures (:mod:`dwt_lib.notebook.plots`) read only these files. Summaries are generated from the numbers,
 so a rerun that contradicts the paper says so.
 """
 from __future__ import annotations

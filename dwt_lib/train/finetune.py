@@ -21,18 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from dwt_lib.core.errors import NonFiniteLossError, diverged_fix
-from dwt_lib.config.tasks import finetune_section, task_settings  # noqa: F401  (task_settings: importable from here)
-from dwt_lib.config.tasks import TASKS, get_task
+from dwt_lib.config.tasks import TASKS, finetune_section, get_task, task_settings
 from dwt_lib.data.glue import collate, compute_metrics, glue_average, load_glue
 from dwt_lib.models.encoder import arch_of, classifier_logits, use_device_attention
+from dwt_lib.train.steps import decay_groups, device_of
 
 MAX_GRAD_NORM = 1.0   # HF Trainer default (run_glue); the paper is silent
-
-
-def _pick_device(device: str) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
 
 
 class LengthGroupedBatches:
@@ -125,7 +119,7 @@ def finetune(model_path_or_model, task: str, cfg_finetune, tokenizer, seed: int,
     source. ``seed`` fixes the head initialisation, dropout and the shuffling.
 
     Returns ``{task, seed, metrics, score, majority_baseline, n_train, n_eval, wall_time_s,
-    examples_per_s}``: ``metrics`` from :func:`~dwt_lib.glue.compute_metrics` (0-100),
+    examples_per_s}``: ``metrics`` from :func:`~dwt_lib.data.glue.compute_metrics` (0-100),
     ``majority_baseline`` the score of always predicting the most frequent training label
     (the training mean for STS-B, whose correlations are then undefined and reported as 0),
     ``examples_per_s`` training examples processed per second of training.
@@ -135,7 +129,7 @@ def finetune(model_path_or_model, task: str, cfg_finetune, tokenizer, seed: int,
     ft = finetune_section(cfg_finetune)
     t = get_task(task)
     ts = task_settings(ft, t.name)
-    dev = _pick_device(device)
+    dev = device_of(device)
     set_seed(seed)
 
     # ---- model (first: a vocabulary mismatch should fail before any data is read)
@@ -148,26 +142,10 @@ def finetune(model_path_or_model, task: str, cfg_finetune, tokenizer, seed: int,
     use_device_attention(model, dev)       # CPU: bf16 matmuls + fp32 softmax (faster than SDPA there)
 
     # ---- data
-    train = load_glue(t.name, tokenizer, ts["max_seq_length"], "train", ft.source, ts["max_train_examples"])
-    val = load_glue(t.name, tokenizer, ts["max_seq_length"], "validation", ft.source, ft.max_eval_examples)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    collate_fn = lambda b: collate(b, pad_id)  # noqa: E731
-    gen = torch.Generator().manual_seed(seed)
-    if ft.group_by_length:
-        sampler = LengthGroupedBatches([len(x) for x in train.encodings["input_ids"]], ft.batch_size, gen)
-        train_loader = torch.utils.data.DataLoader(train, batch_sampler=sampler, collate_fn=collate_fn)
-    else:
-        train_loader = torch.utils.data.DataLoader(train, batch_size=ft.batch_size, shuffle=True,
-                                                   generator=gen, collate_fn=collate_fn)
-    val_loader = torch.utils.data.DataLoader(val, batch_size=max(ft.batch_size, 64), shuffle=False,
-                                             collate_fn=collate_fn)
+    train, val, train_loader, val_loader = _loaders(t.name, tokenizer, ft, ts, seed)
 
     # ---- optimiser and schedule
-    # no decay on biases and norm weights (the 1-d tensors: BERT's LayerNorm, ModernBERT's norms), as HF
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": ft.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=ts["lr"])
+    opt = torch.optim.AdamW(decay_groups(model, ft.weight_decay), lr=ts["lr"])   # no decay on 1-d tensors
     epochs = ts["epochs"]
     total_steps = max(1, math.ceil(epochs * len(train_loader)))
     sched = get_linear_schedule_with_warmup(opt, int(ft.warmup_fraction * total_steps), total_steps)
@@ -180,6 +158,53 @@ def finetune(model_path_or_model, task: str, cfg_finetune, tokenizer, seed: int,
         return logits.float()               # loss and metrics in float32
 
     # ---- train
+    seen, train_time = _train(model, train_loader, forward, opt, sched, total_steps, t, seed, dev, progress,
+                              lambda bad: NonFiniteLossError(
+                                  f"fine-tuning {t.name} seed {seed}: the loss is not finite (NaN or inf) at step "
+                                  f"{bad} of {total_steps}; nothing was recorded",
+                                  str(model_path_or_model) if isinstance(model_path_or_model, (str, os.PathLike))
+                                  else t.name,
+                                  diverged_fix("finetune", ts["lr"], ft.precision,
+                                               t.name if t.name in ft.lr_per_task else "")))
+
+    # ---- evaluate
+    preds = evaluate(model, val_loader, forward, t.is_regression)
+    metrics = compute_metrics(t.name, preds, val.labels)
+    result = dict(task=t.name, seed=seed, metrics=metrics, score=metrics["score"],
+                  majority_baseline=majority_baseline(t.name, train.labels, val.labels),
+                  n_train=len(train), n_eval=len(val), steps=total_steps, epochs=epochs, lr=ts["lr"],
+                  wall_time_s=time.perf_counter() - t0,
+                  examples_per_s=seen / train_time if train_time > 0 else float("nan"))
+    if progress:
+        print(f"[finetune {t.name} seed {seed}] {t.metric}: {result['score']:.2f} "
+              f"(majority baseline {result['majority_baseline']:.2f}, n_eval {len(val)})", flush=True)
+    return result
+
+
+def _loaders(task: str, tokenizer, ft, ts: dict, seed: int):
+    """The task's training and validation sets and their loaders (training shuffled by a generator seeded with
+    ``seed``; grouped by length with ``finetune.group_by_length``)."""
+    train = load_glue(task, tokenizer, ts["max_seq_length"], "train", ft.source, ts["max_train_examples"])
+    val = load_glue(task, tokenizer, ts["max_seq_length"], "validation", ft.source, ft.max_eval_examples)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    collate_fn = lambda b: collate(b, pad_id)  # noqa: E731
+    gen = torch.Generator().manual_seed(seed)
+    if ft.group_by_length:
+        sampler = LengthGroupedBatches([len(x) for x in train.encodings["input_ids"]], ft.batch_size, gen)
+        train_loader = torch.utils.data.DataLoader(train, batch_sampler=sampler, collate_fn=collate_fn)
+    else:
+        train_loader = torch.utils.data.DataLoader(train, batch_size=ft.batch_size, shuffle=True,
+                                                   generator=gen, collate_fn=collate_fn)
+    val_loader = torch.utils.data.DataLoader(val, batch_size=max(ft.batch_size, 64), shuffle=False,
+                                             collate_fn=collate_fn)
+    return train, val, train_loader, val_loader
+
+
+def _train(model, train_loader, forward, opt, sched, total_steps: int, t, seed: int, dev, progress: bool,
+           diverged) -> tuple[int, float]:
+    """``total_steps`` optimizer steps over ``train_loader`` (epochs repeat it; a fractional last epoch stops
+    mid-way); ``diverged(step)`` is the error raised when a loss was not finite. Returns the training examples
+    seen and the training wall time."""
     model.train()
     step, seen, t_train = 0, 0, time.perf_counter()
     report_every = max(1, total_steps // 10)
@@ -203,11 +228,7 @@ def finetune(model_path_or_model, task: str, cfg_finetune, tokenizer, seed: int,
             step += 1
             seen += len(batch["labels"])
             if (step % report_every == 0 or step == total_steps) and (bad := int(first_bad)) >= 0:
-                raise NonFiniteLossError(
-                    f"fine-tuning {t.name} seed {seed}: the loss is not finite (NaN or inf) at step {bad} of "
-                    f"{total_steps}; nothing was recorded",
-                    str(model_path_or_model) if isinstance(model_path_or_model, (str, os.PathLike)) else t.name,
-                    diverged_fix("finetune", ts["lr"], ft.precision, t.name if t.name in ft.lr_per_task else ""))
+                raise diverged(bad)
             if progress and (step % report_every == 0 or step == total_steps):
                 # .item() is a device sync point: only on report steps
                 print(f"[finetune {t.name} seed {seed}] step {step}/{total_steps} "
@@ -215,19 +236,7 @@ def finetune(model_path_or_model, task: str, cfg_finetune, tokenizer, seed: int,
             if step >= total_steps:
                 break
     train_time = time.perf_counter() - t_train
-
-    # ---- evaluate
-    preds = evaluate(model, val_loader, forward, t.is_regression)
-    metrics = compute_metrics(t.name, preds, val.labels)
-    result = dict(task=t.name, seed=seed, metrics=metrics, score=metrics["score"],
-                  majority_baseline=majority_baseline(t.name, train.labels, val.labels),
-                  n_train=len(train), n_eval=len(val), steps=total_steps, epochs=epochs, lr=ts["lr"],
-                  wall_time_s=time.perf_counter() - t0,
-                  examples_per_s=seen / train_time if train_time > 0 else float("nan"))
-    if progress:
-        print(f"[finetune {t.name} seed {seed}] {t.metric}: {result['score']:.2f} "
-              f"(majority baseline {result['majority_baseline']:.2f}, n_eval {len(val)})", flush=True)
-    return result
+    return seen, train_time
 
 
 @torch.no_grad()
@@ -259,10 +268,10 @@ def majority_baseline(task: str, train_labels, eval_labels) -> float:
 def glue_scores(results: list[dict]) -> Any:
     """Per-task table over fine-tuning results (the dicts :func:`finetune` returns).
 
-    A ``pandas.DataFrame`` indexed by task (in :data:`~dwt_lib.glue.TASKS` order) with columns
+    A ``pandas.DataFrame`` indexed by task (in :data:`~dwt_lib.data.glue.TASKS` order) with columns
     ``mean``, ``std`` (sample std over seeds; 0 with one seed), ``n_seeds``,
     ``majority_baseline`` (mean over seeds), plus a last row ``glue_avg`` whose ``mean`` is the
-    GLUE average of the per-task means (:func:`~dwt_lib.glue.glue_average`)."""
+    GLUE average of the per-task means (:func:`~dwt_lib.data.glue.glue_average`)."""
     import pandas as pd
     if not results:
         raise ValueError("glue_scores: no results")

@@ -1,7 +1,7 @@
 """What each optimizer step of pre-training sees, outside the model: the number of steps, the global
 batch, the blocks of step ``s`` (a slice of a per-epoch permutation, a pure function of ``s``), a
 prefetcher for them, the learning-rate schedule, the optimizer and the snapshot steps.
-Split out of :mod:`dwt_lib.pretrain` (which re-exports these names) to keep the loop short."""
+Split out of :mod:`dwt_lib.train.pretrain` to keep the loop short."""
 from __future__ import annotations
 
 import functools
@@ -73,14 +73,27 @@ def lr_lambda(warmup: int, total: int):
     return f
 
 
-def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    """AdamW (decoupled decay) with no decay on biases and LayerNorm weights; fused when available."""
+def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups, the one no-weight-decay rule of pre-training and fine-tuning: no decay on the 1-d
+    tensors (biases and norm weights: BERT's LayerNorm, ModernBERT's norms), as HF; frozen parameters left out."""
     decay, no_decay = [], []
-    for n, p in model.named_parameters():
+    for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def device_of(setting: str) -> torch.device:
+    """The one device choice: ``launch.device`` (``auto``: CUDA when torch sees a GPU, else the CPU)."""
+    if setting == "auto":
+        setting = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(setting)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """AdamW (decoupled decay) with no decay on biases and LayerNorm weights; fused when available."""
     pc = cfg.pretrain
-    groups = [{"params": decay, "weight_decay": pc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = decay_groups(model, pc.weight_decay)
     kw = dict(lr=pc.lr, betas=(pc.adam_beta1, pc.adam_beta2), eps=pc.adam_eps)
     try:
         return torch.optim.AdamW(groups, fused=True, **kw)
