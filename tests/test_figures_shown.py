@@ -19,7 +19,7 @@ def _images(cell) -> int:
 
 def test_figures_after_the_first_styled_one_still_display(tmp_path):
     nbclient = pytest.importorskip("nbclient")
-    cells = ["from dwt_lib import plots\nimport matplotlib.pyplot as plt\n"
+    cells = ["from dwt_lib.notebook import plots\nimport matplotlib.pyplot as plt\n"
              "with plots.style():\n    fig, ax = plt.subplots()\n    ax.plot([1, 2])",
              "with plots.style():\n    fig, ax = plt.subplots()\n    ax.plot([2, 1])",
              "plt.plot([1, 3])"]
