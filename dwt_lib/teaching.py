@@ -38,6 +38,13 @@ def yours(mine, reference, what: str = "your code"):
     return mine
 
 
+def show_premise_note(cfg: Config) -> None:
+    """Print :func:`premise_note` when there is something to say; print nothing otherwise."""
+    note = premise_note(cfg)
+    if note:
+        print(note)
+
+
 def premise_note(cfg: Config) -> str:
     """One line when this profile's teacher-quality result says the paper's premise fails, else ''."""
     from .premise import premise
