@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import html
 
-from .config import Config
+from ..config import Config
 
 
 def answer(text: str, summary: str = "Answer") -> None:
