@@ -167,7 +167,7 @@ def test_git_commit_is_dirty_for_code_not_for_outputs():
         pytest.skip("the checkout already has uncommitted changes")
     readme = runs.REPO / "outputs" / "mini" / "results"
     target = next(readme.glob("*.json"))
-    code = runs.REPO / "dwt_lib" / "schedules.py"
+    code = runs.REPO / "dwt_lib" / "config" / "schedules.py"
     old_t, old_c = target.read_bytes(), code.read_bytes()
     try:
         target.write_bytes(old_t + b"\n")
