@@ -12,8 +12,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.metrics import matthews_corrcoef, accuracy_score
 from scipy.stats import pearsonr, spearmanr
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from dwt_lib.glue import read_split
-from dwt_lib.bytetok import byte_tokenizer
+from dwt_lib.data.glue import read_split
+from dwt_lib.data.bytetok import byte_tokenizer
 torch.set_num_threads(2)
 R = Path(__file__).resolve().parents[2] / "outputs" / "laptop" / "runs"
 MODELS = {"student": "student-aee3ec3391", "student:s43": "student-4d20a33b9d", "weak": "teacher-be3198beeb",
