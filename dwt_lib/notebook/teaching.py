@@ -17,6 +17,9 @@ from __future__ import annotations
 import html
 
 from ..config import Config
+from ..runs.registry import read_json_or_none
+from ..studies.premise import premise
+from ..studies.results import result_path
 
 
 def answer(text: str, summary: str = "Answer") -> None:
@@ -47,9 +50,6 @@ def show_premise_note(cfg: Config) -> None:
 
 def premise_note(cfg: Config) -> str:
     """One line when this profile's teacher-quality result says the paper's premise fails, else ''."""
-    from .premise import premise
-    from .results import result_path
-    from .runs import read_json_or_none
     res = read_json_or_none(result_path(cfg, "teacher_quality"))
     if not res:
         return ""
