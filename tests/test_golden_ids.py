@@ -90,13 +90,14 @@ def _compute(tmp_path: Path, case: str) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-# Computed on 8af29ec; the mirror's mini ids are those of the committed outputs/mini registry (checked).
+# Computed on 8af29ec; the mirror's mini ids are those of the committed outputs/mini registry (checked). The
+# random-init control run (issue 20) and its fine-tuning runs were added later: every earlier id unchanged (checked).
 NO_MIRROR = {
  "gpu": {
   "config_hash": "212db0a84d",
   "data_hash": "2bf1fbc474b2",
-  "finetune_count": 1020,
-  "finetune_digest": "37a00667742ec686",
+  "finetune_count": 1080,
+  "finetune_digest": "b7f365a84184ef7b",
   "runs": {
    "beyond-aware": "dwt-b37e32b45d",
    "beyond-grow": "dwt-a461e59224",
@@ -107,6 +108,7 @@ NO_MIRROR = {
    "dwt-extremely_weak": "dwt-27e031b2c9",
    "dwt-very_weak": "dwt-746d349e72",
    "dwt-weak": "dwt-476ad9cd11",
+   "random-init": "student-589bdb17cc",
    "remap-weak": "dwt-2763ce5842",
    "soft-decay": "dwt-23da104b20",
    "soft-normal": "dwt-476ad9cd11",
@@ -142,8 +144,8 @@ NO_MIRROR = {
  "mini": {
   "config_hash": "4e2b330948",
   "data_hash": "23cda595e463",
-  "finetune_count": 2400,
-  "finetune_digest": "82ccebe86ea3dbf7",
+  "finetune_count": 2520,
+  "finetune_digest": "6aa7c48d42013b56",
   "runs": {
    "beyond-aware": "dwt-757234c942",
    "beyond-grow": "dwt-42012f56b0",
@@ -155,6 +157,7 @@ NO_MIRROR = {
    "dwt-very_weak": "dwt-a4b49fa1e3",
    "dwt-weak": "dwt-f8e0780592",
    "dwt-weak:s43": "dwt-d31dfc99e4",
+   "random-init": "student-b94fa4485a",
    "remap-weak": "dwt-fc125651b2",
    "soft-decay": "dwt-e1dc41cb19",
    "soft-normal": "dwt-f8e0780592",
@@ -182,8 +185,8 @@ NO_MIRROR = {
  "paper": {
   "config_hash": "4392483173",
   "data_hash": "430deac33e7d",
-  "finetune_count": 476,
-  "finetune_digest": "7ba6d9e2d7e0bba8",
+  "finetune_count": 504,
+  "finetune_digest": "95e5a18b8d7af0e9",
   "runs": {
    "beyond-aware": "dwt-aceee12ccd",
    "beyond-grow": "dwt-65df2a55c1",
@@ -194,6 +197,7 @@ NO_MIRROR = {
    "dwt-extremely_weak": "dwt-353ed1a592",
    "dwt-very_weak": "dwt-6e1f14ac67",
    "dwt-weak": "dwt-7938e5534e",
+   "random-init": "student-d35d38cc17",
    "remap-weak": "dwt-a4c9f5d6c8",
    "soft-decay": "dwt-015a5477be",
    "soft-normal": "dwt-7938e5534e",
@@ -237,8 +241,8 @@ NO_MIRROR = {
  "smoke": {
   "config_hash": "082978be28",
   "data_hash": "fa8e8bf97f94",
-  "finetune_count": 72,
-  "finetune_digest": "4eaecdfac365fc3b",
+  "finetune_count": 76,
+  "finetune_digest": "ad129da57fca310e",
   "runs": {
    "beyond-aware": "dwt-251c5bc208",
    "beyond-grow": "dwt-a3e3d2a65a",
@@ -249,6 +253,7 @@ NO_MIRROR = {
    "dwt-extremely_weak": "dwt-047e7c4a6d",
    "dwt-very_weak": "dwt-6896c16127",
    "dwt-weak": "dwt-812be521b2",
+   "random-init": "student-6ca1e8d36c",
    "remap-weak": "dwt-0709376432",
    "soft-decay": "dwt-e9e8abc371",
    "soft-normal": "dwt-812be521b2",
@@ -272,8 +277,8 @@ MIRROR = {
  "gpu": {
   "config_hash": "212db0a84d",
   "data_hash": "0909aa14e310",
-  "finetune_count": 1020,
-  "finetune_digest": "491515c90fd69280",
+  "finetune_count": 1080,
+  "finetune_digest": "2ca5839aba5c1a6d",
   "runs": {
    "beyond-aware": "dwt-e5d9da7791",
    "beyond-grow": "dwt-ccd2b22ec9",
@@ -284,6 +289,7 @@ MIRROR = {
    "dwt-extremely_weak": "dwt-1c72f05435",
    "dwt-very_weak": "dwt-ae648a4821",
    "dwt-weak": "dwt-853229a399",
+   "random-init": "student-c348783f5f",
    "remap-weak": "dwt-d0db4e91f5",
    "soft-decay": "dwt-a677fd96b2",
    "soft-normal": "dwt-853229a399",
@@ -319,8 +325,8 @@ MIRROR = {
  "mini": {
   "config_hash": "4e2b330948",
   "data_hash": "eb0a50c79e6e",
-  "finetune_count": 2400,
-  "finetune_digest": "8ca6d3270c957723",
+  "finetune_count": 2520,
+  "finetune_digest": "3e88928613f7ca9d",
   "runs": {
    "beyond-aware": "dwt-c9b27baf0b",
    "beyond-grow": "dwt-a298c70eb7",
@@ -332,6 +338,7 @@ MIRROR = {
    "dwt-very_weak": "dwt-c517a83adb",
    "dwt-weak": "dwt-345cab09d6",
    "dwt-weak:s43": "dwt-7861935778",
+   "random-init": "student-910ae0e3f0",
    "remap-weak": "dwt-51253d5416",
    "soft-decay": "dwt-b0acb0bc22",
    "soft-normal": "dwt-345cab09d6",
@@ -359,8 +366,8 @@ MIRROR = {
  "paper": {
   "config_hash": "4392483173",
   "data_hash": "430deac33e7d",
-  "finetune_count": 476,
-  "finetune_digest": "7ba6d9e2d7e0bba8",
+  "finetune_count": 504,
+  "finetune_digest": "95e5a18b8d7af0e9",
   "runs": {
    "beyond-aware": "dwt-aceee12ccd",
    "beyond-grow": "dwt-65df2a55c1",
@@ -371,6 +378,7 @@ MIRROR = {
    "dwt-extremely_weak": "dwt-353ed1a592",
    "dwt-very_weak": "dwt-6e1f14ac67",
    "dwt-weak": "dwt-7938e5534e",
+   "random-init": "student-d35d38cc17",
    "remap-weak": "dwt-a4c9f5d6c8",
    "soft-decay": "dwt-015a5477be",
    "soft-normal": "dwt-7938e5534e",
@@ -414,8 +422,8 @@ MIRROR = {
  "smoke": {
   "config_hash": "082978be28",
   "data_hash": "fa8e8bf97f94",
-  "finetune_count": 72,
-  "finetune_digest": "4eaecdfac365fc3b",
+  "finetune_count": 76,
+  "finetune_digest": "ad129da57fca310e",
   "runs": {
    "beyond-aware": "dwt-251c5bc208",
    "beyond-grow": "dwt-a3e3d2a65a",
@@ -426,6 +434,7 @@ MIRROR = {
    "dwt-extremely_weak": "dwt-047e7c4a6d",
    "dwt-very_weak": "dwt-6896c16127",
    "dwt-weak": "dwt-812be521b2",
+   "random-init": "student-6ca1e8d36c",
    "remap-weak": "dwt-0709376432",
    "soft-decay": "dwt-e9e8abc371",
    "soft-normal": "dwt-812be521b2",

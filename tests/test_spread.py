@@ -11,6 +11,7 @@ from dwt_lib.core.errors import ConfigError
 from dwt_lib.config.load import load_params
 from dwt_lib.studies.plan import make_plan
 from dwt_lib.studies.premise import premise, premise_check
+from dwt_lib.studies.results import prose_words
 
 SEEDS = {"studies.pretrain_seeds": {"student": [42, 43], "dwt-weak": [42, 43]}}
 
@@ -96,14 +97,15 @@ def test_premise_holds_with_clear_gaps():
     p = premise(_res([4.00, 4.01], 4.10, 4.20, 4.30))
     assert p["holds"] and p["ordered"] and [round(g["gap"], 3) for g in p["gaps"]] == [0.095, 0.1, 0.1]
     text = premise_check(_res([4.00, 4.01], 4.10, 4.20, 4.30))
-    assert "The premise holds" in text and "standalone student 4.005 (± 0.007 over 2 pre-training seeds)" in text
+    assert "The premise holds" in text and "| standalone student | 4.005 ± 0.007 (2 seeds) |" in text
     assert "25.0%" in text and "at or above" in text
+    assert "extrapolated" not in text and prose_words(text) <= 80
 
 
 @pytest.mark.parametrize("student, weak, very, extremely, why", [
-    ([6.32, 6.33], 6.284, 6.295, 6.309, "the weak teacher is better than the standalone student"),   # the first mini
-    ([4.00, 4.01], 4.04, 4.20, 4.30, "worse than the standalone student by only 0.035"),              # gap < 0.05
-    ([4.00, 4.20], 4.25, 4.50, 4.80, "worse than the standalone student by only 0.150"),              # gap < 2 x spread
+    ([6.32, 6.33], 6.284, 6.295, 6.309, "| weak teacher | 6.284 | -0.041 (better than the standalone student) |"),
+    ([4.00, 4.01], 4.04, 4.20, 4.30, "| weak teacher | 4.040 | +0.035 (short) |"),                      # gap < 0.05
+    ([4.00, 4.20], 4.25, 4.50, 4.80, "| weak teacher | 4.250 | +0.150 (short) |"),                      # gap < 2 x spread
     ([4.00], 4.10, 4.20, 4.30, "with one pre-training seed the gaps cannot be told from seed noise"),
 ])
 def test_premise_fails_and_says_where(student, weak, very, extremely, why):
@@ -111,6 +113,7 @@ def test_premise_fails_and_says_where(student, weak, very, extremely, why):
     assert not premise(res)["holds"]
     text = premise_check(res)
     assert "The premise does not hold" in text and why in text and "below the 20% aim" in text, text
+    assert prose_words(text) <= 80, text
 
 
 def test_premise_figure_from_result_file(tmp_path):
@@ -171,11 +174,11 @@ def test_premise_check_reports_the_extrapolated_budget():
     res = _res([6.00, 6.01], 6.03, 6.20, 6.30, acc=0.14)
     res["curves"] = _curves(lambda t: -0.15 + 0.012 * math.log(t), base=6.3)
     text = premise_check(res)
-    assert "Extrapolated" in text and "rough guide" in text
-    assert "standalone student vs weak teacher: +0.008 nats per doubling of tokens" in text
-    assert "x this run's 2.4M)" in text
+    assert "extrapolated" in text and "rough guide" in text
+    weak_row = next(r for r in text.splitlines() if r.startswith("| weak teacher |"))
+    assert "+0.008 nats per doubling of tokens" in weak_row and "x this run's 2.4M)" in weak_row
     # only the short gap is extrapolated: the teachers' gaps (0.17, 0.10) already pass
-    assert "weak teacher vs very weak teacher" not in text
+    assert all(r.endswith("|  |") for r in text.splitlines() if r.startswith(("| very weak", "| extremely weak")))
 
 
 # ----------------------------------------------------------------------------- the evaluation's resolving power

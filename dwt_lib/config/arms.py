@@ -32,6 +32,9 @@ INIT_KINDS = ("random", "remap", "grow")
 ALPHA_KINDS = SCHEDULE_KINDS + ("teacher_aware",)
 _AWARE_KEYS = {"schedule", "floor", "decay_fraction", "ema"}
 PREFIX = "beyond-"
+#: The control run with no pre-training: the student's shape at its random initialisation (``pretrain.max_steps: 0``),
+#: fine-tuned like every arm, so the tables show what pre-training adds.
+NO_PRETRAINING = "random-init"
 SEED_LIMIT = 2**32          # NumPy's seeds are 32-bit; torch's wrap larger ones silently
 
 
@@ -184,7 +187,7 @@ def split_seed(name: str) -> tuple[str, Optional[int]]:
 def base_arm_names(cfg) -> list[str]:
     """Every arm of the paper's three studies (one name each, at ``pretrain.seed``), teachers first."""
     roles = list(cfg.model.teachers)
-    return ([f"teacher-{r}" for r in roles] + ["student"]
+    return ([f"teacher-{r}" for r in roles] + ["student", NO_PRETRAINING]
             + [f"dwt-{r}" for r in cfg.studies.teacher_quality]
             + [f"soft-{v}" for v in cfg.studies.soft_weight]
             + [f"remap-{cfg.studies.param_remap_teacher}"])

@@ -43,8 +43,8 @@ def _pretrain(obj, src: str, p: str) -> None:
               "checkpoint_every", "eval_batches"):
         if getattr(obj, k) < 1:
             _fail(src, p + k, "an integer >= 1", getattr(obj, k))
-    if obj.max_steps is not None and obj.max_steps < 1:
-        _fail(src, p + "max_steps", "an integer >= 1 or null", obj.max_steps)
+    if obj.max_steps is not None and obj.max_steps < 0:   # 0: no training, the model as initialised (random-init)
+        _fail(src, p + "max_steps", "an integer >= 0 or null (0: the initial model, no training)", obj.max_steps)
     if not 0 <= obj.warmup_fraction < 1:
         _fail(src, p + "warmup_fraction", "a fraction in [0, 1)", obj.warmup_fraction)
     if obj.weight_decay < 0:

@@ -19,7 +19,7 @@ from IPython.display import display
 from dwt_lib.notebook import plots
 from dwt_lib.models.losses import hard_loss, soft_loss
 from dwt_lib.runs.registry import outputs_dir
-from dwt_lib.studies.identity import all_run_names, named_run, study_runs
+from dwt_lib.studies.identity import all_run_names, named_run, seed_runs, study_runs
 
 
 def _show(fig) -> None:
@@ -147,7 +147,15 @@ def compare_runs(cfg, study: Optional[str] = None, interactive: bool = True, def
     ``default``, else the study's students. Returns the picker widget (or None)."""
     runs_dir = outputs_dir(cfg) / "runs"
     table = finished_runs_table(cfg)
-    display(table)
+    if study and not table.empty:            # the table shows this notebook's runs; the picker offers every run
+        mine = {named_run(cfg, r).id for n in study_runs(cfg, study) for r in seed_runs(cfg, n)}
+        shown = table[table["id"].isin(mine)]
+        display(shown)
+        if len(shown) < len(table):
+            print(f"{len(table) - len(shown)} more finished run(s) of this profile in the registry "
+                  f"(`dwt runs --profile {cfg.profile}`; pick them below in JupyterLab)")
+    else:
+        display(table)
     if table.empty:
         print(f"no finished runs in {runs_dir} yet: run the study above first")
         return None

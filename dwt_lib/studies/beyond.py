@@ -10,7 +10,8 @@ from __future__ import annotations
 from dwt_lib.studies import spread
 from dwt_lib.config.arms import QUESTIONS, run_name
 from dwt_lib.config.schema import Config
-from dwt_lib.studies.results import _arm_seed_averages, chance_check, result_path, said, snapshot_scores
+from dwt_lib.studies.results import (_arm_seed_averages, _larger_se, _short_chance, collapsed, md_table,
+                                     result_path, snapshot_scores)
 from dwt_lib.runs.registry import read_json_or_none, write_result
 from dwt_lib.studies.identity import ensure_pretrained, named_run, study_runs
 
@@ -23,9 +24,8 @@ TITLES = {
 
 #: What the paper says on each question (it ran none of these arms), shown beside our numbers.
 PAPER = {
-    "soft_weight": "The paper recommends decaying a_s from 4 to 1 (Sec. 3.2) without running it (notebook 04 "
-                   "runs it: soft-decay); a teacher-aware weight and Knowledge Inheritance's decay to 0 (Qin et al., "
-                   "2022) were never run with a weak teacher: new, no paper number.",
+    "soft_weight": "The paper recommends a_s 4 → 1 (Sec. 3.2) but never runs it (notebook 04 does); the "
+                   "teacher-aware weight and Knowledge Inheritance's decay to 0 (Qin et al., 2022) are new.",
     "temperature": "The paper suggests a higher temperature for the weakest teachers (Sec. 5, Limitations) and "
                    "reports no run: new, no paper number.",
     "teacher_free": "The paper credits DWT's success in vision to regularisation (Yuan et al., 2020) without "
@@ -103,28 +103,28 @@ def comparisons_table(res: dict):
 # ----------------------------------------------------------------------------- summaries
 
 def summary(res: dict, question: str) -> str:
-    """One paragraph for a question, from the numbers: what the paper says, each comparison with its verdict,
-    what the arm did (the teacher-aware weight's crossing, growth's function at init), resolved or not."""
+    """A headline and a table for a question, from the numbers: each comparison at every snapshot with its larger
+    standard error and verdict, what the paper says, and what the arm did (the teacher-aware weight's crossing,
+    growth's function at init)."""
     q = res["questions"].get(question)
     if q is None:
         return f"{TITLES[question]}: no arm of this profile asks it (studies.beyond)."
     first, last = min(res["fractions"]), max(res["fractions"])
-    n_pt = {n: len(res["runs"][n].get("pretrain_seeds", [None])) for n in q["runs"]}
-    parts = [f"**{TITLES[question]}.** {res['paper'][question]}",
-             f"Mean score over {', '.join(res['tasks'])} ({len(res['seeds'])} fine-tuning seed(s); pre-training "
-             f"seeds: " + ", ".join(f"{n} {k}" for n, k in n_pt.items()) + "):"]
     at = lambda f: [c for c in q["comparisons"] if c["fraction"] == f]  # noqa: E731
-    if first != last:
-        parts.append(f"at {first:.0%} of pre-training " + ", ".join(said(c, False) for c in at(first)) + ";")
-    parts.append("at the end " + "; ".join(said(c) for c in at(last)) + ".")
-    parts += _specific(res, question, q, last)
     n_res = sum(c["resolved"] for c in at(last))
-    parts.append(f"Resolved at the end: {n_res} of {len(at(last))} comparison(s)"
-                 + (": this profile does not answer the question." if n_res == 0 else "."))
-    parts.append("Final held-out MLM loss: " + ", ".join(f"{n} {res['runs'][n]['mlm_loss']:.3f}" for n in q["runs"])
-                 + ".")
-    parts.append(chance_check([s for s in res["scores"] if s["run"] in q["runs"]]))
-    return " ".join(parts)
+    head = f"**{TITLES[question]}: {n_res} of {len(at(last))} comparisons resolved at the end.** {PAPER[question]}"
+    loss = {n: res["runs"][n]["mlm_loss"] for n in q["runs"]}
+    n_pt = {n: len(res["runs"][n].get("pretrain_seeds", [None])) for n in q["runs"]}
+    early = {(c["a"], c["b"]): c for c in at(first)}
+    table = md_table([f"comparison ({', '.join(res['tasks'])}; {len(res['seeds'])} fine-tuning seeds)", f"at {first:.0%}", f"at {last:.0%}", "± SE (larger)", "resolved",
+                      "final MLM loss", "pre-training seeds"],
+                     [[f"{c['a']} − {c['b']}", f"{early[(c['a'], c['b'])]['diff'] + 0.0:+.2f}" if first != last else "",
+                       f"{c['diff'] + 0.0:+.2f}", f"{_larger_se(c):.2f}", "yes" if c["resolved"] else "no",
+                       f"{loss[c['a']]:.3f} / {loss[c['b']]:.3f}", f"{n_pt[c['a']]} / {n_pt[c['b']]}"]
+                      for c in at(last)])
+    mine = [s for s in res["scores"] if s["run"] in q["runs"]]
+    tail = _specific(res, question, q, last) + [collapsed(mine), _short_chance(mine)]
+    return head + "\n\n" + table + "\n\n" + " ".join(t for t in tail if t)
 
 
 def _specific(res: dict, question: str, q: dict, last: float) -> list[str]:
@@ -135,16 +135,13 @@ def _specific(res: dict, question: str, q: dict, last: float) -> list[str]:
             st, total = res["aware"].get(name), res["steps"][name]
             if spec.get("kind") == "teacher_aware" and st:
                 if st["crossed_at"] is None:
-                    out.append(f"In {name} the student's running hard loss never fell below the teacher's (final "
-                               f"EMAs {st['ema_student']:.3f} vs {st['ema_teacher']:.3f}), so a_s followed its "
-                               f"schedule throughout: the run trained exactly as that schedule alone would.")
+                    out.append(f"{name}: the student's hard loss never crossed the teacher's "
+                               f"({st['ema_student']:.3f} vs {st['ema_teacher']:.3f}): a_s kept its schedule.")
                 else:
-                    out.append(f"In {name} the student's running hard loss fell below the teacher's at step "
-                               f"{st['crossed_at']} of {total} (final EMAs {st['ema_student']:.3f} vs "
-                               f"{st['ema_teacher']:.3f}); a_s then decayed to {spec['floor']:g}.")
+                    out.append(f"{name}: the student's running hard loss fell below the teacher's at step "
+                               f"{st['crossed_at']} of {total}; a_s then decayed to {spec['floor']:g}.")
             elif spec.get("kind") == "linear_until":
-                out.append(f"In {name} a_s fell from {spec['start']:g} to {spec['end']:g} over the first "
-                           f"{spec['until']:.0%} of training (Knowledge Inheritance's schedule), then MLM only.")
+                out.append(f"{name}: a_s {spec['start']:g} → {spec['end']:g} over the first {spec['until']:.0%}.")
     if question == "teacher_free":
         for name in q["arms"]:
             ag = res["specs"][name]["against"]
@@ -152,14 +149,11 @@ def _specific(res: dict, question: str, q: dict, last: float) -> list[str]:
             c = {c["b"]: c for c in q["comparisons"] if c["a"] == name and c["fraction"] == last}
             if teach and "student" in c and teach in c:
                 reg, know = c["student"], c[teach]
-                out.append(f"Split of the weak teacher's gain over the student: regularisation (smoothed labels − "
-                           f"student) {reg['diff']:+.2f}, {'resolved' if reg['resolved'] else 'not resolved'}; "
-                           f"knowledge ({teach} − smoothed labels) {-know['diff'] + 0.0:+.2f}, "
-                           f"{'resolved' if know['resolved'] else 'not resolved'}.")
+                out.append(f"The teacher's gain split: regularisation (smoothed − student) {reg['diff']:+.2f}, "
+                           f"knowledge ({teach} − smoothed) {-know['diff'] + 0.0:+.2f}.")
     if question == "growth":
         for name, rep in res["grow_checks"].items():
             if rep:
-                out.append(f"{name} started as the teacher's function: largest logit difference at step 0 "
-                           f"{rep['function_gap']:.1e} on {rep['function_gap_blocks']} held-out blocks (layers "
-                           f"{rep['layer_sources']}: teacher layer or new).")
+                out.append(f"{name} started as the teacher's function (largest logit difference at step 0: "
+                           f"{rep['function_gap']:.1e}; layers {rep['layer_sources']}).")
     return out

@@ -4,6 +4,8 @@ Run names (``dwt pretrain --run NAME``):
 
 - ``teacher-<role>``: a teacher trained alone (MLM only), role from ``model.teachers``
 - ``student``: the standalone student
+- ``random-init``: the student's shape as initialised, with no pre-training (``pretrain.max_steps: 0``): the
+  control row of the GLUE tables, what fine-tuning reaches without pre-training
 - ``dwt-<role>``: the student distilled from that teacher with the profile's a_s (Fig. 2)
 - ``soft-<variant>``: the student distilled from the weak teacher with a_s from
   ``studies.soft_weight.<variant>`` (Fig. 3)
@@ -30,7 +32,7 @@ from dwt_lib.studies import nodes
 from dwt_lib.train import finetune as finetuning, pretrain as pretraining
 from dwt_lib.config.schema import Config
 from dwt_lib.core.hashing import jsonable
-from dwt_lib.config.arms import SEED_MARK, arm_names, split_seed
+from dwt_lib.config.arms import NO_PRETRAINING, SEED_MARK, arm_names, split_seed
 from dwt_lib.core.errors import PreflightError, UnknownNameError
 from dwt_lib.runs.registry import Run, outputs_dir
 from dwt_lib.core.io import atomic_write_json
@@ -98,9 +100,11 @@ def pretrain_seed(cfg: Config, name: str) -> int:
 
 
 def run_config(cfg: Config, name: str) -> Config:
-    """The config a run trains with: the profile's, with ``pretrain.seed`` set from the name's seed."""
+    """The config a run trains with: the profile's, with ``pretrain.seed`` set from the name's seed (and no
+    training steps for ``random-init``)."""
     seed = pretrain_seed(cfg, name)
-    return cfg if seed == cfg.pretrain.seed else cfg.replace(**{"pretrain.seed": seed})
+    out = cfg if seed == cfg.pretrain.seed else cfg.replace(**{"pretrain.seed": seed})
+    return out.replace(**{"pretrain.max_steps": 0}) if split_seed(name)[0] == NO_PRETRAINING else out
 
 
 def seed_runs(cfg: Config, name: str) -> list[str]:
@@ -130,6 +134,8 @@ def named_run(cfg: Config, name: str) -> Run:
         return pretrain_run(cfg, name, teachers[name[8:]])
     if name == "student":
         return pretrain_run(cfg, name, cfg.model.student)
+    if name == NO_PRETRAINING:
+        return pretrain_run(run_config(cfg, name), name, cfg.model.student)
     for prefix, init in (("dwt-", "random"), ("remap-", "remap")):
         if name.startswith(prefix) and name[len(prefix):] in teachers:
             role = name[len(prefix):]
@@ -169,7 +175,7 @@ def study_runs(cfg: Config, study: str) -> list[str]:
     (notebook 06: the runs its arms are compared with, then the arms)."""
     if study == "teacher_quality":
         return ([f"teacher-{r}" for r in cfg.studies.teacher_quality] + ["student"]
-                + [f"dwt-{r}" for r in cfg.studies.teacher_quality])
+                + [f"dwt-{r}" for r in cfg.studies.teacher_quality] + [NO_PRETRAINING])
     if study == "soft_weight":
         return [f"soft-{v}" for v in cfg.studies.soft_weight]
     if study == "param_remap":
@@ -288,17 +294,22 @@ def study_scores(cfg: Config, names: list[str], tasks: list[str], fractions=(1.0
             ensure_pretrained(cfg, name, progress)
         jobs = [(n, t, s, fr) for n in names for fr in fractions for t in tasks for s in cfg.finetune.seeds]
         finetune_parallel(cfg, jobs, cfg.launch.finetune_workers, progress)
-    out = []
+    out, reused = [], 0
     for name in names:
         for fr in fractions:
             for task in tasks:
                 for seed in cfg.finetune.seeds:
+                    done = finetune_run(cfg, name, task, seed, fr).finished()
                     # the same run may go by two names (soft-normal = dwt-weak): label it as asked
                     r = dict(ensure_finetuned(cfg, name, task, seed, fr), pretrain_run=name, fraction=fr,
                              pretrain_seed=pretrain_seed(cfg, name))
-                    if progress:
+                    reused += done
+                    if progress and not done:        # a line per run trained now; the reused are counted
                         print(f"  {name:<22} @{fr:.2f} {task:<6} seed {seed}: {r['score']:.2f}")
                     out.append(r)
+    if progress:
+        print(f"{len(out)} fine-tuning results: {len(out) - reused} trained now, {reused} reused from the registry "
+              f"(the scores are in the tables below)")
     return out
 
 

@@ -64,9 +64,11 @@ def make_plan(cfg: Config) -> dict:
         if run.key.get("teacher"):
             teacher = named_run(cfg, teacher_name(cfg, name))
             f += train_flops_per_sequence(arch.make_config(teacher.key["shape"], vocab), L, soft_tokens, train=False)
-        flops = f * seqs
+        n = run.key["pretrain"].get("max_steps")
+        n = steps if n is None else n              # random-init: 0 steps
+        flops = f * n * global_batch(cfg, world)
         rows.append({"run": name, "id": run.id, "size": run.key["size"], "teacher": teacher.name if teacher else "",
-                     "steps": steps, "tokens": seqs * L, "pflop": flops / 1e15,
+                     "steps": n, "tokens": n * global_batch(cfg, world) * L, "pflop": flops / 1e15,
                      "a100_hours": flops / (A100_BF16_PEAK * ASSUMED_MFU) / 3600,
                      "disk_bytes": run_disk_bytes(cfg, run.key["shape"])})
     ft_runs = len(cfg.finetune.tasks) * len(cfg.finetune.seeds)

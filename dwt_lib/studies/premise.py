@@ -83,19 +83,17 @@ def gap_trend(curves: dict, lower: str, higher: str, need: float) -> dict:
 
 
 def _budget_words(tr: dict) -> str:
-    lo, hi = _label(tr["lower"]), _label(tr["higher"])
+    """The extrapolated trend of one gap, in a table cell."""
     if tr["fit"] is None:
-        return f"{lo} vs {hi}: too few evaluation points to fit a trend"
-    b = tr["fit"][1]
-    per = f"{b * math.log(2):+.3f} nats per doubling of tokens"
+        return "too few points to fit"
+    per = f"{tr['fit'][1] * math.log(2):+.3f} nats per doubling of tokens"
     if tr["tokens_needed"] is None:
-        return f"{lo} vs {hi}: the gap is not growing ({per}), so no token budget opens it on this trend"
+        return f"{per}: not growing"
     if tr["tokens_needed"] <= tr["tokens_now"]:
-        return f"{lo} vs {hi}: already at the required gap"
+        return f"{per}: the line is at the required gap by now (the last point is below it)"
     if tr["beyond"]:
-        return (f"{lo} vs {hi}: {per}; the required gap lies beyond {TREND_MAX_FACTOR:g}x this run's "
-                f"{tr['tokens_now'] / 1e6:.1f}M tokens")
-    return (f"{lo} vs {hi}: {per}, reaching the required gap after ~{tr['tokens_needed'] / 1e6:,.0f}M tokens "
+        return f"{per}: beyond {TREND_MAX_FACTOR:g}x this run's {tr['tokens_now'] / 1e6:.1f}M"
+    return (f"{per}: ~{tr['tokens_needed'] / 1e6:,.0f}M tokens "
             f"({tr['tokens_needed'] / tr['tokens_now']:,.0f}x this run's {tr['tokens_now'] / 1e6:.1f}M)")
 
 
@@ -131,35 +129,33 @@ def _label(name: str) -> str:
 
 
 def premise_check(res: dict) -> str:
-    """Plain words, from the numbers: does the paper's premise hold in this run, and if not, where not."""
+    """The premise in a headline and a table, from the numbers: does it hold in this run, and if not, where not.
+    Where a gap is short, its last column extrapolates it (a rough guide, labelled so)."""
     p = premise(res)
-    n_seeds = len(p["student_seeds"])
     sd = p["student_spread"]
-    spread = (f"± {sd:.3f} over {n_seeds} pre-training seeds" if sd == sd else "one pre-training seed, so no spread")
-    text = ("The paper's premise is that every teacher is worse than the standalone student: held-out MLM loss "
-            + " < ".join(_label(n) for n in p["order"]) + f", each gap at least {MIN_GAP_NATS:g} nats and more "
-            f"than {SPREAD_FACTOR:g}x the student's pre-training seed spread. Here (final held-out MLM loss): "
-            + ", ".join(f"{_label(n)} {p['loss'][n]:.3f}" + (f" ({spread})" if n == "student" else "")
-                        for n in p["order"]) + ". ")
-    bad = []
-    for g in p["gaps"]:
-        if g["gap"] <= 0:
-            bad.append(f"the {_label(g['higher'])} is better than the {_label(g['lower'])} by {-g['gap']:.3f}")
-        elif not g["ok"]:
-            bad.append(f"the {_label(g['higher'])} is worse than the {_label(g['lower'])} by only {g['gap']:.3f}")
+    short = [g for g in p["gaps"] if not g["ok"]]
+    need = (f"{p['required_gap']:.3f} nats (the larger of {MIN_GAP_NATS:g} and {SPREAD_FACTOR:g}x the student's seed "
+            f"spread)" if sd == sd else f"{MIN_GAP_NATS:g} nats")
     if p["holds"]:
-        gaps = ", ".join(f"{g['gap']:.3f}" for g in p["gaps"])
-        text += f"The premise holds: every gap is at least {p['required_gap']:.3f} nats ({gaps})."
+        head = f"**The premise holds**: every teacher is worse than the standalone student, each gap at least {need}."
     else:
-        text += "The premise does not hold: " + "; ".join(bad) if bad else "The premise does not hold"
-        if sd != sd:
-            text += ("; " if bad else ": ") + "with one pre-training seed the gaps cannot be told from seed noise"
-        text += "."
-    if not p["holds"]:
-        short = [g for g in p["gaps"] if not g["ok"]]
-        text += (" Extrapolated (a straight line through each short gap against log tokens over the second half "
-                 "of the run; one run with a decaying learning rate, so a rough guide, not a measurement): "
-                 + "; ".join(_budget_words(g["trend"]) for g in short) + ".")
-    text += (f" The student's masked-token accuracy is {p['accuracy']:.1%} "
-             f"({'at or above' if p['accuracy_ok'] else 'below'} the {ACCURACY_AIM:.0%} aim).")
-    return text
+        why = [f"{len(short)} of {len(p['gaps'])} gaps are short of {need}"]
+        why += [] if p["ordered"] else ["the models are not ordered by size"]
+        why += ["with one pre-training seed the gaps cannot be told from seed noise"] if sd != sd else []
+        head = "**The premise does not hold**: " + "; ".join(why) + "."
+    rows = [[_label("student"), f"{p['loss']['student']:.3f}"
+             + (f" ± {sd:.3f} ({len(p['student_seeds'])} seeds)" if sd == sd else " (1 seed)"), ""]]
+    for g in p["gaps"]:
+        mark = "" if g["ok"] else (f" (better than the {_label(g['lower'])})" if g["gap"] <= 0 else " (short)")
+        rows.append([_label(g["higher"]), f"{p['loss'][g['higher']]:.3f}", f"{g['gap']:+.3f}{mark}"])
+    header = ["model", "held-out MLM loss", "gap to the row above"]
+    if short:
+        header.append("trend of a short gap (extrapolated)")
+        rows = [r + [_budget_words(g["trend"]) if g and not g["ok"] else ""] for r, g in zip(rows, [None] + p["gaps"])]
+    lines = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                      + ["| " + " | ".join(r) + " |" for r in rows])
+    tail = (f"Student masked-token accuracy {p['accuracy']:.1%} ({'at or above' if p['accuracy_ok'] else 'below'} the "
+            f"{ACCURACY_AIM:.0%} aim).")
+    if short:
+        tail += " The trend is a line against log tokens over each run's second half: a rough guide, not a measurement."
+    return f"{head}\n\n{lines}\n\n{tail}"

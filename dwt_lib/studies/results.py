@@ -17,7 +17,8 @@ from dwt_lib.studies.premise import premise_check  # noqa: F401  (re-exported: t
 from dwt_lib.runs.registry import outputs_dir, read_json, write_result
 from dwt_lib.runs.registry import read_log as read_log_file
 from dwt_lib.studies.identity import (ensure_pretrained, named_run, pretrain_seed, seed_runs, selected_lrs, study_runs, study_scores, with_lrs)
-from dwt_lib.config.arms import split_seed
+from dwt_lib.config.arms import NO_PRETRAINING, split_seed
+from dwt_lib.config.tasks import average_tasks
 
 # A layer index in a state-dict name of either architecture (bert.encoder.layer.3. / model.layers.3.).
 _LAYER_INDEX = re.compile(r"(?:encoder\.layer|layers)\.(\d+)\.")
@@ -40,6 +41,7 @@ def _pretrain_summary(cfg: Config, name: str) -> dict:
     res = ensure_pretrained(cfg, name)
     return {"run": name, "id": res["run"]["id"], "size": res["run"]["key"]["size"], "params": res["params"],
             "mlm_loss": res["final_eval"]["mlm_loss"], "mlm_accuracy": res["final_eval"]["mlm_accuracy"],
+            "tokens_seen": res.get("tokens_seen"), "steps": res.get("steps"),
             "train_time_s": res.get("train_time_s", res["provenance"]["wall_time_s"])}
 
 
@@ -76,9 +78,13 @@ def _task_scores(ft: list[dict]) -> list[dict]:
     return out
 
 
-def _arm_seed_averages(scores: list[dict], run: str, fraction: float = 1.0) -> tuple[list[float], list[float]]:
-    """An arm's task-averaged scores per fine-tuning seed and per pre-training seed (for :mod:`spread`)."""
-    _, m = spread.seed_matrix([s for s in scores if s["run"] == run and s["fraction"] == fraction])
+def _arm_seed_averages(scores: list[dict], run: str, fraction: float = 1.0,
+                       tasks=None) -> tuple[list[float], list[float]]:
+    """An arm's scores averaged over ``tasks`` (default: the GLUE average's, :func:`average_tasks`) per
+    fine-tuning seed and per pre-training seed (for :mod:`spread`)."""
+    tasks = average_tasks(sorted({s["task"] for s in scores}))[0] if tasks is None else tasks
+    _, m = spread.seed_matrix([s for s in scores if s["run"] == run and s["fraction"] == fraction
+                               and s["task"] in tasks])
     return m.mean(axis=0).tolist(), m.mean(axis=1).tolist()
 
 
@@ -107,9 +113,10 @@ def teacher_quality(cfg: Config, progress: bool = True) -> dict:
     tasks = list(cfg.finetune.tasks)
     lrs = selected_lrs(cfg, tasks, progress)                              # finetune.lr_grid, on the student
     scores = _task_scores(study_scores(with_lrs(cfg, lrs), all_runs, tasks, (1.0,), progress))
+    avg_tasks, other_tasks = average_tasks(tasks)
     for n in names:
         per_task = {s["task"]: s["mean"] for s in scores if s["run"] == n}
-        runs[n]["glue_avg"] = glue_average(per_task)
+        runs[n]["glue_avg"] = glue_average({t: per_task[t] for t in avg_tasks})
         runs[n]["glue_avg_per_seed"], runs[n]["glue_avg_per_pretrain_seed"] = _arm_seed_averages(scores, n)
         runs[n]["per_task"] = per_task
     base = runs["student"]["glue_avg"]
@@ -117,7 +124,8 @@ def teacher_quality(cfg: Config, progress: bool = True) -> dict:
     seeds = lambda n: (runs[n]["glue_avg_per_seed"], runs[n]["glue_avg_per_pretrain_seed"])  # noqa: E731
     gain = {r: spread.compare(seeds(f"dwt-{r}"), seeds("student")) for r in roles}
     payload = {
-        "study": "teacher_quality", "tasks": tasks, "seeds": list(cfg.finetune.seeds), "runs": runs,
+        "study": "teacher_quality", "tasks": tasks, "average_tasks": avg_tasks, "other_tasks": other_tasks,
+        "seeds": list(cfg.finetune.seeds), "runs": runs,
         "pretrain_seeds": {n: runs[n]["pretrain_seeds"] for n in names},
         "scores": scores, "roles": roles,
         "dwt_gain": {r: runs[f"dwt-{r}"]["glue_avg"] - base for r in roles},
@@ -128,10 +136,77 @@ def teacher_quality(cfg: Config, progress: bool = True) -> dict:
         "curves": {r: eval_curve(cfg, r) for n in ["student"] + [f"teacher-{x}" for x in roles]
                    for r in seed_runs(cfg, n)},
         "size_ratio": {r: runs[f"teacher-{r}"]["params"] / runs["student"]["params"] for r in roles},
+        "pretraining_gain": spread.compare(seeds("student"), seeds(NO_PRETRAINING)),
         "paper": PAPER_FIG2,
         "lr_selection": lrs,
     }
+    payload["selection_bias"] = selection_bias(payload)
     return write_result(result_path(cfg, "teacher_quality"), cfg, payload)
+
+
+def _without_seed(score: dict, seed: int) -> dict:
+    """A ``_task_scores`` row without one fine-tuning seed's scores."""
+    keep = [i for i, f in enumerate(score["finetune_seeds"]) if f != seed]
+    return dict(score, **{k: [score[k][i] for i in keep] for k in ("scores", "pretrain_seeds", "finetune_seeds")})
+
+
+def selection_bias(res: dict) -> dict:
+    """The learning rate of each task is chosen on the standalone student's first fine-tuning seed, whose validation
+    score is then reported with the others: a winner's curse in the student's favour (against DWT). Measured: every
+    DWT change recomputed without that seed (``gains``: all seeds, without it, the shift), and the student's score on
+    that seed against its other seeds. Empty without an lr grid or with one fine-tuning seed."""
+    sel = res.get("lr_selection") or {}
+    seeds = res["seeds"]
+    if not sel or len(seeds) < 2:
+        return {}
+    seed = next(iter(sel.values()))["seed"]
+    rest = [_without_seed(s, seed) for s in res["scores"]]
+    avg = lambda sc, run: _arm_seed_averages(sc, run, 1.0, res.get("average_tasks"))  # noqa: E731
+    gains = {}
+    for r in res["roles"]:
+        without = spread.compare(avg(rest, f"dwt-{r}"), avg(rest, "student"))["diff"]
+        gains[r] = {"all_seeds": res["dwt_gain"][r], "without_selection_seed": without,
+                    "shift": without - res["dwt_gain"][r]}
+    per_seed = dict(zip(seeds, avg(res["scores"], "student")[0]))
+    others = [v for f, v in per_seed.items() if f != seed]
+    return {"seed": seed, "tasks": sorted(sel), "gains": gains, "student_selection_seed": per_seed[seed],
+            "student_other_seeds": sum(others) / len(others)}
+
+
+def task_differences(res: dict, pairs: list[tuple[str, str]], fraction: float = 1.0):
+    """Per task, each difference ``a - b`` of mean scores with the larger of its two standard errors (fine-tuning
+    and pre-training seeds, :func:`spread.compare`); ``*`` marks a resolved one. Tasks outside the GLUE average are
+    labelled so. Rows: tasks, then the average; one column per pair."""
+    import pandas as pd
+    avg_tasks = res.get("average_tasks") or res["tasks"]
+    rows = []
+
+    def cell(sa, sb):
+        c = spread.compare(sa, sb)
+        return f"{c['diff'] + 0.0:+.2f} ± {_larger_se(c):.2f}" + (" *" if c["resolved"] else "")
+    for t in list(res["tasks"]) + ["average"]:
+        tasks = avg_tasks if t == "average" else [t]
+        label = (f"average ({', '.join(avg_tasks)})" if t == "average"
+                 else t + ("" if t in avg_tasks else " (not in the average)"))
+        rows.append({"task": label, **{f"{a} − {b}": cell(_arm_seed_averages(res["scores"], a, fraction, tasks),
+                                                           _arm_seed_averages(res["scores"], b, fraction, tasks))
+                                       for a, b in pairs}})
+    return pd.DataFrame(rows).set_index("task")
+
+
+def md_table(header: list[str], rows: list[list]) -> str:
+    """A Markdown table."""
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                     + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+
+
+def prose_words(markdown: str) -> int:
+    """Words of a summary outside its tables (the ~80-word budget of a generated summary)."""
+    return sum(len(line.split()) for line in markdown.splitlines() if not line.lstrip().startswith("|"))
+
+
+def _larger_se(c: dict) -> float:
+    return max(c["se_finetune"], c["se_pretrain"]) if c["se_pretrain"] == c["se_pretrain"] else c["se_finetune"]
 
 
 def teacher_quality_table(res: dict):
@@ -180,32 +255,68 @@ def chance_check(scores: list[dict], margin: float = 2.0) -> str:
                                                                  len(dead) * 2 >= len(tasks) else "."))
 
 
+def collapsed(scores: list[dict], margin: float = 2.0) -> str:
+    """A sentence naming the fine-tuning runs that fell to the majority class (within 0.5 points of its baseline)
+    while the other seeds of the same model and task beat it by more than ``margin``: a diverged run, not a
+    score, that pulls its mean and inflates its standard error. Empty when there is none."""
+    out = []
+    for s in scores:
+        base = s.get("majority_baseline") or 0.0
+        low = [i for i, v in enumerate(s["scores"]) if v <= base + 0.5]
+        rest = [v for i, v in enumerate(s["scores"]) if i not in low]
+        if low and rest and min(rest) > base + margin:
+            out += [f"{s['run']}@{s['fraction']:.0%} {s['task']} s{s['finetune_seeds'][i]} ({s['scores'][i]:.1f} vs "
+                    f"{min(rest):.1f}-{max(rest):.1f})" for i in low]
+    return ("Majority-class collapses: " + ", ".join(out) + ".") if out else ""
+
+
+def _short_chance(scores: list[dict], margin: float = 2.0) -> str:
+    dead = baseline_tasks(scores, margin)
+    return (f"No model beats the majority-class baseline by {margin:g} points on {', '.join(dead)}: differences "
+            f"there are noise." if dead else "")
+
+
 def teacher_quality_summary(res: dict) -> str:
-    """One paragraph, generated from the numbers, comparing this run's gains with the paper's."""
-    base = res["runs"]["student"]["glue_avg"]
+    """A headline and a table, generated from the numbers: this run's DWT changes against the paper's, with the
+    controls (pre-training against none, the lr selection's bias, the tasks averaged) in a few short sentences."""
+    roles = res["roles"]
+    cmp = {r: res.get("dwt_gain_compare", {}).get(r) or {   # result files from before pre-training seeds
+        "diff": res["dwt_gain"][r], "se_finetune": res["dwt_gain_se"][r], "se_pretrain": float("nan"),
+        "resolved": False} for r in roles}
+    same = {r: (res["dwt_gain"][r] > 0) == (res["paper"]["dwt_gain"][r] > 0) and res["dwt_gain"][r] != 0 for r in roles}
+    head = (f"**DWT changed the standalone student by " + " / ".join(f"{res['dwt_gain'][r]:+.2f}" for r in roles)
+            + " GLUE points (" + " / ".join(r.replace("_", " ") for r in roles) + " teacher; the paper: "
+            + " / ".join(f"{res['paper']['dwt_gain'][r]:+.2f}" for r in roles) + f"): {sum(same.values())} of "
+            f"{len(roles)} with the paper's sign, {sum(same[r] and cmp[r]['resolved'] for r in roles)} of those "
+            f"resolved.**")
+    avg, other = res.get("average_tasks") or res["tasks"], res.get("other_tasks") or []
     n_pt = len(res["runs"]["student"].get("pretrain_seeds", [None]))
-    parts = [premise_check(res),
-             f"The standalone student scores {base:.2f} (GLUE average over {', '.join(res['tasks'])}; "
-             f"{len(res['seeds'])} fine-tuning seed(s), {n_pt} pre-training seed(s))."]
-    agree = resolved_agree = 0
-    for r in res["roles"]:
-        g, pg = res["dwt_gain"][r], res["paper"]["dwt_gain"][r]
-        cmp = res.get("dwt_gain_compare", {}).get(r) or {   # result files from before pre-training seeds
-            "resolved": False, "verdict": spread.verdict(g, res["dwt_gain_se"][r], float("nan"))}
-        same = (g > 0) == (pg > 0) and g != 0
-        agree += same
-        resolved_agree += same and cmp["resolved"]
-        parts.append(f"DWT from the {r.replace('_', ' ')} teacher ({res['size_ratio'][r]:.2f}x the parameters; "
-                     f"the teacher alone scores {res['teacher_gap'][r]:+.2f} vs. the student) changes the student "
-                     f"by {g:+.2f} ({cmp['verdict']}); the paper: {pg:+.2f}, "
-                     f"{'same sign' if same else 'not the same sign'}.")
-    parts.append(f"In all, {agree} of {len(res['roles'])} changes have the paper's sign and {resolved_agree} of "
-                 f"those are resolved (larger than twice the larger of the two standard errors, over fine-tuning "
-                 f"and over pre-training seeds).")
-    parts.append(chance_check(res["scores"]))
+    design = (f"teacher ({len(res['seeds'])} fine-tuning x {n_pt} pre-training seeds; GLUE average of {', '.join(avg)}"
+              + (f", the paper's set: {', '.join(other)} per task only" if other else "") + ")")
+    table = md_table([design, "size", "teacher − student", "DWT − student", "± SE (larger)", "resolved", "paper"],
+                     [[r.replace("_", " "), f"{res['size_ratio'][r]:.2f}x", f"{res['teacher_gap'][r]:+.2f}",
+                       f"{cmp[r]['diff']:+.2f}", f"{_larger_se(cmp[r]):.2f}", "yes" if cmp[r]["resolved"] else "no",
+                       f"{res['paper']['dwt_gain'][r]:+.2f}"] for r in roles])
+    notes = []
+    pg = res.get("pretraining_gain")
+    if pg:
+        notes.append(f"Pre-training itself: student − random init {pg['diff']:+.2f} "
+                     f"({'resolved' if pg['resolved'] else 'not resolved'}).")
+    sb = res.get("selection_bias") or {}
+    if sb:
+        notes.append(f"Without the lr-selection seed ({sb['seed']}): " + " / ".join(
+            f"{sb['gains'][r]['without_selection_seed']:+.2f}" for r in roles) + ".")
     if "teacher_gap_compare" in res:
-        parts.append(evaluation_check(res)["text"])
-    return " ".join(parts)
+        e = evaluation_check(res)
+        smallest = min(roles, key=lambda r: res["size_ratio"][r]).replace("_", " ")
+        n = len(res["tasks"])
+        notes.append(f"Student above the majority baseline on {n - len(e['tasks_below_baseline'])} of {n} tasks; "
+                     f"lead over the {smallest} teacher {e['lead_over_smallest_teacher']:+.2f} "
+                     f"({'resolved' if e['compare']['resolved'] else 'not resolved'}).")
+    else:
+        notes.append(_short_chance([s for s in res["scores"] if s["task"] in avg]))
+    notes.append(collapsed(res["scores"]))
+    return head + "\n\n" + table + "\n\n" + " ".join(n for n in notes if n)
 
 
 def evaluation_check(res: dict) -> dict:
@@ -256,6 +367,7 @@ def over_training(cfg: Config, study: str, progress: bool = True) -> dict:
         payload["schedules"] = {n: cfg.studies.soft_weight[n[5:]] for n in names}
     if study == "param_remap":
         payload["remap_check"] = remap_check(cfg, f"remap-{cfg.studies.param_remap_teacher}")
+        payload["teacher"] = _pretrain_summary(cfg, f"teacher-{cfg.studies.param_remap_teacher}")
     return write_result(result_path(cfg, study), cfg, payload)
 
 
@@ -321,27 +433,46 @@ def said(c: dict, verdict: bool = True) -> str:
 
 
 def over_training_summary(res: dict) -> str:
-    """One paragraph from the numbers: the paper's claim for this study, and what this run measured."""
+    """A headline and a table from the numbers: the paper's claim for this study against what this run measured."""
     first, last = min(res["fractions"]), max(res["fractions"])
     m0, m1 = _run_means(res["scores"], first)[0], _run_means(res["scores"], last)[0]
-    n_pt = {n: len(r.get("pretrain_seeds", [None])) for n, r in res["runs"].items()}
-    head = (f"Mean score over {', '.join(res['tasks'])}, {len(res['seeds'])} fine-tuning seed(s) and "
-            + ", ".join(f"{k} {v}" for k, v in n_pt.items()) + " pre-training seed(s), at "
-            f"{first:.0%} and {last:.0%} of pre-training: "
-            + "; ".join(f"{r} {m0[r]:.2f} → {m1[r]:.2f}" for r in m1) + ". ")
-    losses = "Final held-out MLM loss: " + ", ".join(f"{n} {r['mlm_loss']:.3f}" for n, r in res["runs"].items()) + "."
     c = over_training_comparisons(res)
+    avg = average_tasks(res["tasks"])[0]
+    n_pt = max(len(r.get("pretrain_seeds", [None])) for r in res["runs"].values())
+    verdict = lambda x: "resolved" if x["resolved"] else "not resolved"  # noqa: E731
     if res["study"] == "soft_weight" and c:
-        text = (f"The paper: Strong (a_s = 4) ahead early, Normal (a_s = 1) ahead at the end. Here, at {first:.0%}: "
-                f"{said(c[0])}; at {last:.0%}: {said(c[1])}.")
-        if len(c) > 2:
-            text += f" The recommended decay 4 → 1 at the end: {said(c[2])}."
-    elif res["study"] == "param_remap":
-        rc = res.get("remap_check", {})
-        text = (f"The paper: random initialisation (PR X, {c[0]['a']}) ahead of remapping (PR O, {c[0]['b']}) "
-                f"throughout. Here, at {first:.0%}: {said(c[0])}; at {last:.0%}: {said(c[1])}. "
-                f"Remap check: {rc.get('copied_and_equal')} of {rc.get('compared')} copied tensors equal the "
-                f"teacher's at initialisation.")
+        head = (f"**Strong − Normal: {c[0]['diff']:+.2f} at {first:.0%} of pre-training, {-c[1]['diff']:+.2f} at "
+                f"{last:.0%} ({verdict(c[0])}, {verdict(c[1])}); the paper: Strong ahead early, Normal ahead at the "
+                f"end.**")
+        extra = [f"Decay 4 → 1 − Normal at the end: {c[2]['diff']:+.2f} ({verdict(c[2])})."] if len(c) > 2 else []
+        col = ("a_s", lambda n: _schedule_words(res.get("schedules", {}).get(n)))
+    elif res["study"] == "param_remap" and c:
+        head = (f"**Random init (PR X) − remapped (PR O): {c[0]['diff']:+.2f} at {first:.0%}, {c[1]['diff']:+.2f} at "
+                f"{last:.0%} ({verdict(c[1])} at the end); the paper: random init ahead throughout.**")
+        rc, t = res.get("remap_check", {}), res.get("teacher") or {}
+        extra = [f"Remap check: {rc.get('copied_and_equal')} of {rc.get('compared')} copied tensors equal the "
+                 f"teacher's at step 0."]
+        if t.get("tokens_seen"):
+            extra.append(f"PR O also carries the {t['run']}'s pre-training ({t['tokens_seen'] / 1e6:.2f}M tokens, "
+                         f"{t['train_time_s']:.0f} s here) that PR X never had.")
+        col = ("init", lambda n: "remapped" if n.startswith("remap-") else "random")
     else:
-        text = ""
-    return head + text + " " + losses + " " + chance_check(res["scores"])
+        head, extra, col = "", [], ("", lambda n: "")
+    table = md_table(["run", col[0], f"score at {first:.0%}", f"at {last:.0%}", "final MLM loss"],
+                     [[n, col[1](n), f"{m0[n]:.2f}", f"{m1[n]:.2f}", f"{r['mlm_loss']:.3f}"]
+                      for n, r in res["runs"].items() if n in m1])
+    design = (f"Mean over {', '.join(avg)}; {len(res['seeds'])} fine-tuning x {n_pt} pre-training seeds.")
+    return (head + "\n\n" + table + "\n\n"
+            + " ".join(t for t in extra + [collapsed(res["scores"]), design,
+                                           _short_chance([s for s in res["scores"] if s["task"] in avg])] if t))
+
+
+def _schedule_words(spec) -> str:
+    """A soft-weight schedule in a table cell: ``1``, ``4``, ``4 → 1``."""
+    if not spec:
+        return ""
+    if spec.get("kind") == "constant":
+        return f"{spec['value']:g}"
+    if "start" in spec and "end" in spec:
+        return f"{spec['start']:g} → {spec['end']:g} ({spec['kind']})"
+    return spec.get("kind", "")

@@ -417,6 +417,7 @@ def _finish(lp: _Loop) -> dict:
             "train_time_s": lp.elapsed + time.time() - lp.t_start,     # all sessions of a resumed run
             "tokens_seen": lp.total * lp.gbs * cfg.data.max_seq_length, "params": lp.n_params,
             "teacher_params": count_parameters(lp.teacher.mlm) if lp.run.key.get("teacher") else None,
-            "snapshots": {f"{f:.2f}": f"snapshots/frac-{f:.2f}" for f in lp.snaps.values()},
+            "snapshots": ({f"{f:.2f}": f"snapshots/frac-{f:.2f}" for f in lp.snaps.values()} if lp.total else
+                          {f"{f:.2f}": "model" for f in cfg.pretrain.snapshot_fractions}),  # 0 steps: the initial model
             "data_hash": data.hash, "train_blocks_access": access,
             **({"aware": dict(aware.state)} if aware else {})}
