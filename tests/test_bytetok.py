@@ -99,3 +99,11 @@ def test_glue_in_bytes(tok):
     pair = load_glue("mrpc", tok, 40, "train", "sample:nyu-mll/glue", 8)
     assert all(len(x) <= 40 and x.count(3) == 2 for x in pair.encodings["input_ids"])
     assert all(set(t) == {0, 1} for t in pair.encodings["token_type_ids"])
+
+
+def test_readable_shows_bytes_as_a_reader_recognises_them():
+    from dwt_lib.data.bytetok import byte_tokenizer, readable
+    tok = byte_tokenizer()
+    shown = [readable(t) for t in tok.convert_ids_to_tokens(tok("a b\nc é")["input_ids"])]
+    assert shown == ["[CLS]", "a", "␣", "b", "↵", "c", "␣", "\\xc3", "\\xa9", "[SEP]"]
+    assert "Ġ" not in "".join(shown)

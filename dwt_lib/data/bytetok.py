@@ -37,6 +37,23 @@ def byte_tokenizer(model_max_length: int = 512):
                                    sep_token="[SEP]", mask_token="[MASK]", model_max_length=model_max_length)
 
 
+#: How a byte that is not a visible ASCII character is shown in a figure or table.
+_SHOWN = {0x20: "␣", 0x0A: "↵", 0x09: "⇥"}
+
+
+def readable(token: str) -> str:
+    """A byte token as a reader recognises it: the byte's character for visible ASCII, ``␣`` for a space,
+    ``↵`` for a newline, ``\\xNN`` for any other byte (a part of a multi-byte UTF-8 character); a token that is
+    not one of the byte alphabet's characters (a special) is returned unchanged. For byte tokenizers only: a word
+    piece such as ``é`` would be shown as its Latin-1 byte."""
+    b = _CHAR_BYTE.get(token)
+    if b is None:
+        return token
+    if b in _SHOWN:
+        return _SHOWN[b]
+    return chr(b) if 0x21 <= b <= 0x7E else f"\\x{b:02x}"
+
+
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable character table (the ByteLevel pre-tokenizer's): printable Latin-1 bytes map
     to themselves, the others to U+0100 upwards, in byte order."""
@@ -49,3 +66,6 @@ def _bytes_to_unicode() -> dict[int, str]:
             out[b] = chr(256 + n)
             n += 1
     return out
+
+
+_CHAR_BYTE = {c: b for b, c in _bytes_to_unicode().items()}

@@ -14,6 +14,7 @@ import torch
 
 from dwt_lib.config.schema import Config
 from dwt_lib.data import prepare
+from dwt_lib.data.bytetok import readable
 from dwt_lib.data.tokens import vocab_size
 from dwt_lib.studies.identity import named_run
 
@@ -67,13 +68,14 @@ def teacher_prediction(cfg: Config, role: str = "weak", block: int = 0, window: 
     special = set(tok.all_special_ids)
     pos = next(i for i in range(len(ids) // 2, len(ids))
                if int(ids[i]) not in special and not tok.convert_ids_to_tokens(int(ids[i])).startswith("##"))
-    answer = tok.convert_ids_to_tokens(int(ids[pos]))
+    shown = readable if cfg.data.tokenizer == "bytes" else str      # a byte as ␣, ↵, \xNN; word pieces as they are
+    answer = shown(tok.convert_ids_to_tokens(int(ids[pos])))
     ids[pos] = tok.mask_token_id
     with torch.no_grad():
         row = model(input_ids=ids[None], attention_mask=(ids != tok.pad_token_id).long()[None]).logits[0, pos].float()
     row, order = torch.sort(row, descending=True)
     lo, hi = max(0, pos - window), min(len(ids), pos + window + 1)
     context = tok.decode([int(i) for i in ids[lo:hi] if int(i) != tok.pad_token_id])
-    return TeacherPrediction(row, tok.convert_ids_to_tokens(order.tolist()),
+    return TeacherPrediction(row, [shown(t) for t in tok.convert_ids_to_tokens(order.tolist())],
                              f"the trained teacher-{role} run ({run.id}) on held-out block {block}, position {pos}",
                              True, context, answer)
