@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import matplotlib.ticker
 
 from dwt_lib.runs.registry import read_json, read_log
-from dwt_lib.config.arms import split_seed
+from dwt_lib.config.arms import NO_PRETRAINING, split_seed
 from dwt_lib.studies.beyond import TITLES
 from dwt_lib.studies.premise import premise, TREND_FROM
 from dwt_lib.studies.results import baseline_tasks, over_training_comparisons
@@ -69,6 +69,9 @@ def teacher_quality(result_path: Path):
     with style():
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for name, r in runs.items():
+            if name == NO_PRETRAINING:      # the control: fine-tuning with no pre-training, a level to read against
+                ax.axhline(r["glue_avg"], ls=":", lw=1.2, color="0.45", label="no pre-training (random-init)")
+                continue
             kind = name.split("-")[0]
             marker = {"teacher": "o", "student": "*", "dwt": "s"}[kind]
             ax.scatter(r["params"] / 1e6, r["glue_avg"], s=160 if kind == "student" else 70, marker=marker,
