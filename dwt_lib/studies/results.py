@@ -183,7 +183,7 @@ def task_differences(res: dict, pairs: list[tuple[str, str]], fraction: float = 
 
     def cell(sa, sb):
         c = spread.compare(sa, sb)
-        return f"{c['diff'] + 0.0:+.2f} ± {_larger_se(c):.2f}" + (" *" if c["resolved"] else "")
+        return f"{c['diff'] + 0.0:+.2f} ± {se_text(c)}" + (" *" if c["resolved"] else "")
     for t in list(res["tasks"]) + ["average"]:
         tasks = avg_tasks if t == "average" else [t]
         label = (f"average ({', '.join(avg_tasks)})" if t == "average"
@@ -207,6 +207,12 @@ def prose_words(markdown: str) -> int:
 
 def _larger_se(c: dict) -> float:
     return max(c["se_finetune"], c["se_pretrain"]) if c["se_pretrain"] == c["se_pretrain"] else c["se_finetune"]
+
+
+def se_text(c: dict) -> str:
+    """The larger standard error of a comparison for a table cell; ``n/a`` with one seed (no spread to measure)."""
+    se = _larger_se(c)
+    return "n/a" if se != se else f"{se:.2f}"
 
 
 def teacher_quality_table(res: dict):
@@ -284,7 +290,7 @@ def teacher_quality_summary(res: dict) -> str:
         "diff": res["dwt_gain"][r], "se_finetune": res["dwt_gain_se"][r], "se_pretrain": float("nan"),
         "resolved": False} for r in roles}
     same = {r: (res["dwt_gain"][r] > 0) == (res["paper"]["dwt_gain"][r] > 0) and res["dwt_gain"][r] != 0 for r in roles}
-    head = (f"**DWT changed the standalone student by " + " / ".join(f"{res['dwt_gain'][r]:+.2f}" for r in roles)
+    head = ("**DWT changed the standalone student by " + " / ".join(f"{res['dwt_gain'][r]:+.2f}" for r in roles)
             + " GLUE points (" + " / ".join(r.replace("_", " ") for r in roles) + " teacher; the paper: "
             + " / ".join(f"{res['paper']['dwt_gain'][r]:+.2f}" for r in roles) + f"): {sum(same.values())} of "
             f"{len(roles)} with the paper's sign, {sum(same[r] and cmp[r]['resolved'] for r in roles)} of those "
@@ -295,7 +301,7 @@ def teacher_quality_summary(res: dict) -> str:
               + (f", the paper's set: {', '.join(other)} per task only" if other else "") + ")")
     table = md_table([design, "size", "teacher − student", "DWT − student", "± SE (larger)", "resolved", "paper"],
                      [[r.replace("_", " "), f"{res['size_ratio'][r]:.2f}x", f"{res['teacher_gap'][r]:+.2f}",
-                       f"{cmp[r]['diff']:+.2f}", f"{_larger_se(cmp[r]):.2f}", "yes" if cmp[r]["resolved"] else "no",
+                       f"{cmp[r]['diff']:+.2f}", se_text(cmp[r]), "yes" if cmp[r]["resolved"] else "no",
                        f"{res['paper']['dwt_gain'][r]:+.2f}"] for r in roles])
     notes = []
     pg = res.get("pretraining_gain")
