@@ -116,8 +116,9 @@ def summary(res: dict, question: str) -> str:
     loss = {n: res["runs"][n]["mlm_loss"] for n in q["runs"]}
     n_pt = {n: len(res["runs"][n].get("pretrain_seeds", [None])) for n in q["runs"]}
     early = {(c["a"], c["b"]): c for c in at(first)}
-    table = md_table([f"comparison ({', '.join(res['tasks'])}; {len(res['seeds'])} fine-tuning seeds)", f"at {first:.0%}", f"at {last:.0%}", "± SE (larger)", "resolved",
-                      "final MLM loss", "pre-training seeds"],
+    design = f"comparison ({', '.join(res['tasks'])}; {len(res['seeds'])} fine-tuning seeds)"
+    table = md_table([design, f"at {first:.0%}", f"at {last:.0%}", "± SE (larger)", "resolved", "final MLM loss",
+                      "pre-training seeds"],
                      [[f"{c['a']} − {c['b']}", f"{early[(c['a'], c['b'])]['diff'] + 0.0:+.2f}" if first != last else "",
                        f"{c['diff'] + 0.0:+.2f}", se_text(c), "yes" if c["resolved"] else "no",
                        f"{loss[c['a']]:.3f} / {loss[c['b']]:.3f}", f"{n_pt[c['a']]} / {n_pt[c['b']]}"]

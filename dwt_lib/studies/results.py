@@ -447,9 +447,9 @@ def over_training_summary(res: dict) -> str:
     n_pt = max(len(r.get("pretrain_seeds", [None])) for r in res["runs"].values())
     verdict = lambda x: "resolved" if x["resolved"] else "not resolved"  # noqa: E731
     if res["study"] == "soft_weight" and c:
-        head = (f"**Strong − Normal: {c[0]['diff'] + 0.0:+.2f} at {first:.0%} of pre-training, {-c[1]['diff'] + 0.0:+.2f} at "
-                f"{last:.0%} ({verdict(c[0])}, {verdict(c[1])}); the paper: Strong ahead early, Normal ahead at the "
-                f"end.**")
+        head = (f"**Strong − Normal: {c[0]['diff'] + 0.0:+.2f} at {first:.0%} of pre-training, "
+                f"{-c[1]['diff'] + 0.0:+.2f} at {last:.0%} ({verdict(c[0])}, {verdict(c[1])}); the paper: Strong ahead "
+                f"early, Normal ahead at the end.**")
         extra = [f"Decay 4 → 1 − Normal at the end: {c[2]['diff'] + 0.0:+.2f} ({verdict(c[2])})."] if len(c) > 2 else []
         col = ("a_s", lambda n: _schedule_words(res.get("schedules", {}).get(n)))
     elif res["study"] == "param_remap" and c:
