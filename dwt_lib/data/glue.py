@@ -119,6 +119,9 @@ def available_tasks(source: str = "nyu-mll/glue") -> list[str]:
             if _local_files(folder, n, "train") and _local_files(folder, n, t.validation_split)]
 
 
+GLUE_TABLE_COLUMNS = ["task", "train", "validation", "validation_split", "metric", "in_profile", "available"]
+
+
 def glue_table(cfg) -> "Any":
     """One row per GLUE task: train and validation sizes (or ``"unavailable"``), the metric,
     whether the profile fine-tunes on it (``in_profile``) and whether it can (``available``).
@@ -129,7 +132,7 @@ def glue_table(cfg) -> "Any":
     if readonly.enabled() and hasattr(cfg, "profile"):
         recorded = readonly.manifest(cfg.profile).get("glue")
         if recorded:
-            return pd.DataFrame(recorded)
+            return pd.DataFrame(recorded, columns=GLUE_TABLE_COLUMNS)   # the export's JSON sorts the keys
     ft = getattr(cfg, "finetune", cfg)
     rows = []
     for name, t in TASKS.items():
@@ -140,7 +143,7 @@ def glue_table(cfg) -> "Any":
                          validation_split=t.validation_split, metric=t.metric,
                          in_profile=name in ft.tasks,
                          available=n_train is not None and n_val is not None))
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=GLUE_TABLE_COLUMNS)
 
 
 # ----------------------------------------------------------------------------- tokenized data

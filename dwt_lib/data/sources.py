@@ -95,7 +95,7 @@ def recorded_sources(cfg) -> list[dict]:
     """Read-only mode: the :func:`describe_sources` rows recorded when the profile's registry was exported (the
     data was read then, with the mirror; now nothing is read), each ``location`` saying so."""
     rows = readonly.manifest(cfg.profile).get("sources") or []
-    return [dict(r, location=f"{r.get('location', '')} (at export; read-only: the exported registry)") for r in rows]
+    return [dict(r, location=f"{r.get('location', '')} (at export; now: the export)") for r in rows]
 
 
 def pinned_reads(cfg) -> Optional[list[str]]:
