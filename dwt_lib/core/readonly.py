@@ -40,10 +40,17 @@ def fix(profile: str) -> str:
             f"missing; then `dwt export --profile {profile}` to add it to the export")
 
 
+_READ: dict[tuple, dict] = {}      # (path, size, mtime) -> manifest: run ids read it once per named run
+
+
 def manifest(profile: str) -> dict:
     """The export's manifest; a clear :class:`ReadOnlyError` when there is no export of ``profile``."""
     path = export_dir(profile) / MANIFEST
     try:
+        st = path.stat()
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        if key in _READ:
+            return _READ[key]
         m = json.loads(path.read_text())
     except FileNotFoundError:
         raise ReadOnlyError(f"read-only mode, but profile {profile} has no exported registry", path,
@@ -54,4 +61,5 @@ def manifest(profile: str) -> dict:
     if not isinstance(m, dict):
         raise DamagedFileError("the exported registry's manifest is not a JSON object", path,
                                "restore it from git, or export again")
+    _READ[key] = m
     return m

@@ -46,10 +46,13 @@ def registry_root(cfg: Config) -> Path:
 
 
 def model_folders(run_dir: Path, res: dict) -> list[str]:
-    """The saved model folders a finished pre-training run must have intact: ``model`` and its snapshots. An
-    exported run (``export.json``, written by ``dwt export``) keeps only some of them, and only those are checked;
-    a run of an ordinary registry has no such record, so every folder is."""
+    """The saved model folders a finished pre-training run must have intact: ``model`` and its snapshots. In
+    read-only mode an exported run (``export.json``, written by ``dwt export``) keeps only some of them, and only
+    those are checked; otherwise every folder is (a run of an ordinary registry has no such record, and one copied
+    there from an export is restored as a run with a deleted model is)."""
     folders = ["model"] + sorted(v for v in (res.get("snapshots") or {}).values() if isinstance(v, str))
+    if not readonly.enabled():
+        return folders
     kept = read_json_or_none(Path(run_dir) / readonly.RUN_RECORD, log=lambda s: None)
     if isinstance(kept, dict) and isinstance(kept.get("models"), list):
         return [f for f in folders if f in kept["models"]]
