@@ -105,7 +105,7 @@ def export_registry(cfg: Config, dest: Optional[Path] = None, log: Callable[[str
                 shutil.copytree(d / rel, out / rel)
                 models.append(rel)
             if meta.get("kind") != "finetune":
-                atomic_write_json(out / readonly.RUN_RECORD, {"models": models, "exported_from": str(d)})
+                atomic_write_json(out / readonly.RUN_RECORD, {"models": models})
             runs[d.name] = {"name": meta.get("name"), "kind": meta.get("kind"), "models": models}
         missing = [f"{name} ({rid})" for rid, (name, _) in keep.items() if rid not in runs]
         if missing:
@@ -127,7 +127,7 @@ def export_registry(cfg: Config, dest: Optional[Path] = None, log: Callable[[str
             glue = None
         n, raw, packed = folder_size(tmp)
         man = {"version": 1, "profile": cfg.profile, "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-               "git_commit": git_commit(), "from": str(src), "data": data.name, "sources": describe_sources(cfg),
+               "git_commit": git_commit(), "data": data.name, "sources": describe_sources(cfg),
                "glue": glue, "runs": runs, "models": {rid: name for rid, (name, _) in keep.items() if rid in runs},
                "size": {"files": n + 1, "bytes": raw, "zlib_bytes": packed}}
         atomic_write_json(tmp / readonly.MANIFEST, man)
