@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -163,7 +164,6 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from pathlib import Path
     export_registry(_cfg(args), Path(args.to) if args.to else None)
     return 0
 
