@@ -97,9 +97,17 @@ def test_read_only_studies_give_the_same_results_and_train_nothing(trained, tmp_
     assert calls == ["pretrain.train"]
 
 
-def test_read_only_without_an_export_is_one_clear_error(tmp_path, monkeypatch):
+def test_read_only_without_an_export_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    from dwt_lib.cli import main
     monkeypatch.setenv("DWT_OUTPUTS_DIR", str(tmp_path))
-    monkeypatch.setenv(readonly.ENV, "1")
+    monkeypatch.delenv(readonly.ENV, raising=False)
+    assert main(["reproduce", "--profile", "smoke", "--read-only"]) == 2      # before any kernel starts
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"dwt: read-only mode, but profile smoke has no exported registry "
+                   f"({tmp_path}/smoke/registry/manifest.json); run it without --read-only / DWT_READ_ONLY=1, on a "
+                   f"machine with the data (mirror or Hub), to train what is missing; then `dwt export --profile "
+                   f"smoke` to add it to the export"]
+    assert readonly.enabled()                        # --read-only set it for the kernels (conftest restores it)
     cfg = load_params("smoke", SMALL)
     with pytest.raises(ReadOnlyError, match="profile smoke has no exported registry.*dwt export --profile smoke"):
         results.over_training(cfg, "param_remap", progress=False)
