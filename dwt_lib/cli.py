@@ -5,7 +5,8 @@
     dwt study     --profile P teacher_quality|soft_weight|param_remap|beyond
     dwt runs      --profile P [--plot RUN ...]
     dwt plan      --profile P
-    dwt reproduce --profile P [--notebooks 01,02]
+    dwt reproduce --profile P [--notebooks 01,02] [--read-only | --export]
+    dwt export    --profile P [--to DIR]
     dwt verify    --profile P [--runs NAME ...] [--cheapest N]
 
 With ``launch.num_machines > 1`` the same ``pretrain | finetune | study | reproduce`` runs on every node, with
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -31,8 +33,9 @@ from dwt_lib.core.paths import pin_environment
 from dwt_lib.core.io import atomic_write_json
 from dwt_lib.notebook import explore, plots
 from dwt_lib.reproduce import reproduce
-from dwt_lib.runs.registry import format_runs, list_runs, outputs_dir, read_json, Run
+from dwt_lib.runs.registry import format_runs, list_runs, outputs_dir, read_json, registry_root, Run
 from dwt_lib.studies import beyond as beyond_study, nodes, results
+from dwt_lib.studies.export import export_registry
 from dwt_lib.studies.identity import ensure_finetuned, ensure_pretrained
 from dwt_lib.studies.plan import data_prep_estimate, format_data_estimate, format_plan, make_plan
 from dwt_lib.studies.preflight import check
@@ -140,7 +143,7 @@ def cmd_runs(args) -> int:
         except ValueError as e:
             print(f"dwt runs: error: {e}", file=sys.stderr)
             return 2
-        plots.compare_runs(outputs_dir(cfg) / "runs", chosen, save_as="compare_runs")
+        plots.compare_runs(registry_root(cfg) / "runs", chosen, save_as="compare_runs")
         print(f"figure: {outputs_dir(cfg) / 'figures' / 'compare_runs.png'} (and .svg)")
     return 0
 
@@ -156,7 +159,13 @@ def cmd_reproduce(args) -> int:
     only = args.notebooks.split(",") if args.notebooks else None
     overrides = _overrides(args.set)
     cfg = load_params(args.profile, overrides)
-    return _on_every_node(cfg, args, lambda: reproduce(args.profile, only=only, overrides=overrides))
+    return _on_every_node(cfg, args, lambda: reproduce(args.profile, only=only, overrides=overrides,
+                                                      read_only=args.read_only, export=args.export))
+
+
+def cmd_export(args) -> int:
+    export_registry(_cfg(args), Path(args.to) if args.to else None)
+    return 0
 
 
 def cmd_verify(args) -> int:
@@ -216,6 +225,12 @@ def main(argv=None) -> int:
     add("plan", cmd_plan, "print every run the studies need and its cost, without running")
     p = several(add("reproduce", cmd_reproduce, "execute every notebook with papermill for a profile"))
     p.add_argument("--notebooks", default=None, help="comma-separated prefixes, e.g. 01,03")
+    p.add_argument("--read-only", action="store_true", help="read the exported registry (dwt export): no mirror, "
+                   "nothing trained; a run not in it is an error (also DWT_READ_ONLY=1)")
+    p.add_argument("--export", action="store_true", help="export the registry at the end (as dwt export)")
+    p = add("export", cmd_export, "copy the registry without checkpoints into outputs/<profile>/registry "
+            "(git-tracked) for --read-only")
+    p.add_argument("--to", default=None, metavar="DIR", help="another folder (default outputs/<profile>/registry)")
     p = add("verify", cmd_verify, "retrain finished runs from scratch in a temporary folder and compare")
     p.add_argument("--runs", nargs="+", metavar="RUN", help="these runs (default: the cheapest recorded ones)")
     p.add_argument("--cheapest", type=int, default=1, help="how many of the cheapest recorded runs (default 1)")

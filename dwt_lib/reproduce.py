@@ -5,11 +5,16 @@ Executed copies go to ``outputs/<profile>/notebooks/``; the notebooks write figu
 by an earlier call are reused, so a second call trains nothing. A failing cell stops the
 reproduction with a non-zero exit that names the notebook and the cell. Notebooks get
 ``interactive = False``: their JupyterLab widgets (:mod:`dwt_lib.notebook.explore`) draw static defaults instead.
+
+``read_only`` (``dwt reproduce --read-only``) sets ``DWT_READ_ONLY=1`` for the kernels: the notebooks read the
+exported registry (:mod:`dwt_lib.core.readonly`), with no mirror and nothing trained; ``export`` writes that
+export at the end (:mod:`dwt_lib.studies.export`).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -17,12 +22,14 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from dwt_lib.core import readonly
 from dwt_lib.core.paths import PARAMS_DIR
 from dwt_lib.config.load import load_params, resolve_params_path
 from dwt_lib.core.errors import Interrupted, UnknownNameError
 from dwt_lib.core.paths import pin_environment
 from dwt_lib.core.paths import REPO
 from dwt_lib.runs.registry import outputs_dir
+from dwt_lib.studies.export import export_registry
 from dwt_lib.studies.identity import check_device
 from dwt_lib.studies.preflight import check_all
 
@@ -97,16 +104,26 @@ def quiet_after_interrupt():
                 lg.removeFilter(keep)
 
 
-def reproduce(profile: str, only: Optional[list[str]] = None, overrides: Optional[dict] = None) -> int:
-    """Run the notebooks for ``profile`` (a name or a YAML path); return a process exit code."""
+def reproduce(profile: str, only: Optional[list[str]] = None, overrides: Optional[dict] = None,
+              read_only: bool = False, export: bool = False) -> int:
+    """Run the notebooks for ``profile`` (a name or a YAML path); return a process exit code. ``read_only``: from
+    the exported registry, training nothing (also ``DWT_READ_ONLY=1``); ``export``: export the registry at the end."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
     pin_environment()                              # relative DWT_*_DIR: resolved here, not in notebooks/
+    if read_only:
+        os.environ[readonly.ENV] = "1"             # the kernels inherit it
     profile = notebook_profile(profile)
     cfg = load_params(profile, overrides)          # fail on a bad profile before starting a kernel
-    check_device(cfg)                              # and on a GPU profile without a GPU
-    check_all(cfg)                                 # and on unreadable data, names, disk, before any run
+    if readonly.enabled():
+        if export:
+            raise UnknownNameError("--export writes the export from the ordinary registry; --read-only reads it",
+                                   "--export / --read-only", "use one of the two")
+        check_all(cfg)                             # names, and that the export exists
+    else:
+        check_device(cfg)                          # and on a GPU profile without a GPU
+        check_all(cfg)                             # and on unreadable data, names, disk, before any run
     out = outputs_dir(cfg) / "notebooks"
     out.mkdir(parents=True, exist_ok=True)
     nbs = notebooks(only)
@@ -134,6 +151,9 @@ def reproduce(profile: str, only: Optional[list[str]] = None, overrides: Optiona
                   file=sys.stderr)
             return 1
         print(f"    done in {time.time() - t0:.0f} s -> {out / nb.name}", flush=True)
-    print(f"reproduced {len(nbs)} notebooks for profile {cfg.profile} in {time.time() - t_all:.0f} s; "
+    mode = " read-only, from the exported registry" if readonly.enabled() else ""
+    print(f"reproduced {len(nbs)} notebooks for profile {cfg.profile}{mode} in {time.time() - t_all:.0f} s; "
           f"figures in {outputs_dir(cfg) / 'figures'}")
+    if export:
+        export_registry(cfg)
     return 0

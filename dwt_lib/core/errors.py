@@ -56,6 +56,11 @@ class PreflightError(DwtError):
     """A check made before any work failed (data not readable, outputs not writable, no room)."""
 
 
+class ReadOnlyError(DwtError):
+    """Read-only mode (``DWT_READ_ONLY=1``) was asked for something the exported registry does not hold: a run,
+    its data or the export itself (:mod:`dwt_lib.core.readonly`)."""
+
+
 class ConfigError(ValueError):
     """A params file (or an override) is invalid; the message names file and key path."""
 

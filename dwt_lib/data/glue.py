@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from dwt_lib.config.tasks import TASKS, GlueTask, get_task, split_name
+from dwt_lib.core import readonly
 from dwt_lib.core.errors import DataSourceError
 from dwt_lib.data.sources import require_source, resolve, SAMPLE_PREFIX
 
@@ -118,12 +119,20 @@ def available_tasks(source: str = "nyu-mll/glue") -> list[str]:
             if _local_files(folder, n, "train") and _local_files(folder, n, t.validation_split)]
 
 
+GLUE_TABLE_COLUMNS = ["task", "train", "validation", "validation_split", "metric", "in_profile", "available"]
+
+
 def glue_table(cfg) -> "Any":
     """One row per GLUE task: train and validation sizes (or ``"unavailable"``), the metric,
     whether the profile fine-tunes on it (``in_profile``) and whether it can (``available``).
 
-    ``cfg`` is a :class:`~dwt_lib.config.Config` or its ``finetune`` section."""
+    ``cfg`` is a :class:`~dwt_lib.config.Config` or its ``finetune`` section. In read-only mode (a Config): the
+    table recorded when the profile's registry was exported (the sizes come from the data, absent now)."""
     import pandas as pd
+    if readonly.enabled() and hasattr(cfg, "profile"):
+        recorded = readonly.manifest(cfg.profile).get("glue")
+        if recorded:
+            return pd.DataFrame(recorded, columns=GLUE_TABLE_COLUMNS)   # the export's JSON sorts the keys
     ft = getattr(cfg, "finetune", cfg)
     rows = []
     for name, t in TASKS.items():
@@ -134,7 +143,7 @@ def glue_table(cfg) -> "Any":
                          validation_split=t.validation_split, metric=t.metric,
                          in_profile=name in ft.tasks,
                          available=n_train is not None and n_val is not None))
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=GLUE_TABLE_COLUMNS)
 
 
 # ----------------------------------------------------------------------------- tokenized data

@@ -26,12 +26,14 @@ import torch
 from dwt_lib.data import cache as datacache
 from dwt_lib.data import pipeline, tokens
 from dwt_lib.config.schema import BYTE_TOKENIZER, Config, DataConfig
+from dwt_lib.core import readonly
+from dwt_lib.core.errors import ReadOnlyError
 from dwt_lib.core.hashing import stable_hash
 from dwt_lib.core.paths import cache_root
 from dwt_lib.data.cache import TokenBlocks
 # Source resolution (sample / mirror / Hub) is sources.py; these names stay importable from here.
 from dwt_lib.core.errors import DataSourceError  # noqa: F401
-from dwt_lib.data.sources import (describe_sources, needs_source, require, require_source, resolve, resolve_corpus, sources_table, text_identity)
+from dwt_lib.data.sources import (describe_sources, needs_source, pinned_reads, require, require_source, resolve, resolve_corpus, sources_table, text_identity)
 
 @dataclass
 class PretrainingData:
@@ -45,15 +47,16 @@ class PretrainingData:
     hash: str
 
 
-def data_hash(dc: DataConfig) -> str:
+def data_hash(dc: DataConfig, reads: Optional[Sequence[str]] = None) -> str:
     """Hash of everything that determines the processed data (``num_proc`` excluded: it changes speed only),
-    including which dataset each corpus resolves to (the Hub id, a mirror stand-in, or the sample)."""
+    including which dataset each corpus resolves to (the Hub id, a mirror stand-in, or the sample): as resolved on
+    this machine, or ``reads`` (one :func:`text_identity` per corpus, e.g. as recorded at export)."""
     d = {k: v for k, v in dc.__dict__.items() if k != "num_proc"}
     if d["tokenizer"] != "train":
         d.pop("vocab_size")          # a loaded tokenizer brings its own vocabulary
     d["corpora"] = [{k: v for k, v in dataclasses.asdict(c).items() if not (k == "rows_per_document" and v is None)}
                     for c in dc.corpora]     # unset: the hash of data cached before the key existed
-    d["read"] = [text_identity(c) for c in dc.corpora]   # a stand-in or the sample gives other text
+    d["read"] = list(reads) if reads is not None else [text_identity(c) for c in dc.corpora]   # a stand-in or the sample gives other text
     d["code_version"] = tokens.DATA_CODE_VERSION       # read through the module: a test bumps it
     d["min_tail_tokens"] = tokens.MIN_TAIL_TOKENS
     return stable_hash(d, 12)
@@ -62,6 +65,33 @@ def data_hash(dc: DataConfig) -> str:
 def cache_path(dc: DataConfig) -> Path:
     """``<cache root>/data-<hash>``: where :func:`prepare_pretraining_data` keeps ``dc``'s data."""
     return cache_root() / f"data-{data_hash(dc)}"
+
+
+def run_data_hash(cfg: Config) -> str:
+    """The data hash a run of ``cfg`` is identified by: :func:`data_hash`, in read-only mode with each corpus read as
+    recorded at export (:func:`~dwt_lib.data.sources.pinned_reads`), not as this machine (no mirror) resolves it."""
+    return data_hash(cfg.data, pinned_reads(cfg))
+
+
+def data_dir(cfg: Config) -> Path:
+    """Where ``cfg``'s processed data is: the cache (:func:`cache_path`), or in read-only mode the exported copy."""
+    if readonly.enabled():
+        return readonly.export_dir(cfg.profile) / f"data-{run_data_hash(cfg)}"
+    return cache_path(cfg.data)
+
+
+def exported_data(cfg: Config) -> PretrainingData:
+    """Read-only mode: the processed data copied into the exported registry (checked against its manifest, the
+    cache's own); a clear error when the export has none for this data config."""
+    path = data_dir(cfg)
+    if not path.is_dir():
+        raise ReadOnlyError(f"read-only mode: the exported registry has no processed data for profile "
+                            f"{cfg.profile}'s data settings", path, readonly.fix(cfg.profile))
+    why = datacache.verify(path)
+    if why:
+        raise ReadOnlyError(f"read-only mode: the exported processed data is damaged ({why})", path,
+                            f"restore it from git (git checkout -- {path}), or {readonly.fix(cfg.profile)}")
+    return load_cached(path)
 
 
 def build(dc: DataConfig, out: Path, num_proc: Optional[int] = None, streaming: bool = False) -> dict:
@@ -110,9 +140,12 @@ def prepare_pretraining_data(cfg: Config, num_proc: Optional[int] = None,
 
     A file lock makes concurrent callers wait for one build; the build goes to a temporary folder that is
     renamed into place once its manifest (checksums) is written, so a reader never sees a half-written
-    cache. A damaged entry is moved aside and rebuilt (see :mod:`dwt_lib.data.cache`).
+    cache. A damaged entry is moved aside and rebuilt (see :mod:`dwt_lib.data.cache`). In read-only mode the
+    exported copy is read and nothing is built (:func:`exported_data`).
     """
     from filelock import FileLock
+    if readonly.enabled():
+        return exported_data(cfg)
     dc = cfg.data
     path = cache_path(dc)
     if path.parent.is_dir():

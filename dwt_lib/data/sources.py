@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from dwt_lib.core import paths
+from dwt_lib.core import paths, readonly
 from dwt_lib.config.schema import BYTE_TOKENIZER, TRAINED_TOKENIZER
 from dwt_lib.core.errors import DataSourceError
 
@@ -83,8 +83,30 @@ def resolve(name: str) -> str:
 def text_identity(corpus) -> str:
     """What determines a corpus's text besides its config: the dataset read (``read``). The Hub and a
     mirror copy of the same id give the same string; a stand-in or the sample give their own."""
-    s = resolve_corpus(corpus)
-    return f"{s.kind if s.kind == 'sample' else ('stand-in' if s.stand_in else 'id')}:{s.read}"
+    return identity_of(resolve_corpus(corpus).record())
+
+
+def identity_of(rec: dict) -> str:
+    """:func:`text_identity` from a :meth:`Source.record` (or a :func:`describe_sources` row)."""
+    return f"{rec['kind'] if rec['kind'] == 'sample' else ('stand-in' if rec['stand_in'] else 'id')}:{rec['read']}"
+
+
+def recorded_sources(cfg) -> list[dict]:
+    """Read-only mode: the :func:`describe_sources` rows recorded when the profile's registry was exported (the
+    data was read then, with the mirror; now nothing is read), each ``location`` saying so."""
+    rows = readonly.manifest(cfg.profile).get("sources") or []
+    return [dict(r, location=f"{r.get('location', '')} (at export; now: the export)") for r in rows]
+
+
+def pinned_reads(cfg) -> Optional[list[str]]:
+    """Read-only mode: each corpus's :func:`text_identity` as recorded at export (a corpus the export does not
+    record: as resolved here), so the processed data and the runs keep the ids they were trained under although
+    no mirror is present. None outside read-only mode."""
+    if not readonly.enabled():
+        return None
+    rec = {(r.get("id"), r.get("mirror")): identity_of(r) for r in readonly.manifest(cfg.profile).get("sources") or []
+           if r.get("role") == "corpus"}
+    return [rec.get((c.id, getattr(c, "mirror", None))) or text_identity(c) for c in cfg.data.corpora]
 
 
 def _offline() -> bool:
@@ -148,7 +170,10 @@ def _display(src: Source) -> str:
 def describe_sources(cfg) -> list[dict]:
     """One record per source a config reads (corpora, tokenizer unless trained, GLUE): the role, what the
     profile names (id, config, split), its kind (sample / mirror / hub), the dataset read and whether it
-    is a stand-in. Written into the data stats and every result file; shown by notebook 01."""
+    is a stand-in. Written into the data stats and every result file; shown by notebook 01. In read-only mode:
+    the rows recorded at export (:func:`recorded_sources`)."""
+    if readonly.enabled():
+        return recorded_sources(cfg)
     rows = []
     for c in cfg.data.corpora:
         s = resolve_corpus(c)

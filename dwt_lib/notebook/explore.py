@@ -18,7 +18,7 @@ from IPython.display import display
 
 from dwt_lib.notebook import plots
 from dwt_lib.models.losses import hard_loss, soft_loss
-from dwt_lib.runs.registry import outputs_dir
+from dwt_lib.runs.registry import registry_root
 from dwt_lib.studies.identity import all_run_names, named_run, seed_runs, study_runs
 
 
@@ -113,7 +113,7 @@ def resolve_runs(cfg, names: list[str]) -> dict[str, str]:
 
     A profile name is hashed as the studies would (so ``soft-normal`` finds the ``dwt-weak`` run it shares);
     anything else must be a finished run's id or recorded name. Raises ValueError naming the finished runs."""
-    reg = plots.registry_runs(outputs_dir(cfg) / "runs")
+    reg = plots.registry_runs(registry_root(cfg) / "runs")   # read-only mode: the exported registry
     by_name = {r["name"]: i for i, r in reg.items()}
     known = set(all_run_names(cfg))
     out = {}
@@ -130,7 +130,7 @@ def resolve_runs(cfg, names: list[str]) -> dict[str, str]:
 def finished_runs_table(cfg):
     """The profile's finished pre-training runs: name, id, kind, held-out MLM loss, fine-tuning results."""
     import pandas as pd
-    reg = plots.registry_runs(outputs_dir(cfg) / "runs")
+    reg = plots.registry_runs(registry_root(cfg) / "runs")
     rows = [{"run": r["name"], "id": i, "kind": r["kind"], "held-out MLM loss": r["mlm_loss"],
              "fine-tuning results": len(r["scores"])} for i, r in reg.items()]
     return pd.DataFrame(rows, columns=["run", "id", "kind", "held-out MLM loss", "fine-tuning results"])
@@ -145,7 +145,7 @@ def compare_runs(cfg, study: Optional[str] = None, interactive: bool = True, def
     """List the profile's finished runs and overlay chosen ones with :func:`dwt_lib.notebook.plots.compare_runs`
     (loss curves and fine-tuning scores). The runs drawn first (and, with ``interactive=False``, the only ones):
     ``default``, else the study's students. Returns the picker widget (or None)."""
-    runs_dir = outputs_dir(cfg) / "runs"
+    runs_dir = registry_root(cfg) / "runs"
     table = finished_runs_table(cfg)
     if study and not table.empty:            # the table shows this notebook's runs; the picker offers every run
         mine = {named_run(cfg, r).id for n in study_runs(cfg, study) for r in seed_runs(cfg, n)}

@@ -25,7 +25,8 @@ from filelock import FileLock, Timeout
 from dwt_lib.core.io import atomic_write_json, move_aside
 from dwt_lib.config.schema import Config
 from dwt_lib.core.hashing import stable_hash
-from dwt_lib.core.errors import DamagedFileError, Interrupted
+from dwt_lib.core import readonly
+from dwt_lib.core.errors import DamagedFileError, Interrupted, ReadOnlyError
 from dwt_lib.data.sources import describe_sources
 from dwt_lib.runs import integrity
 from dwt_lib.runs.checkpoints import step_of
@@ -36,6 +37,26 @@ from dwt_lib.core.paths import REPO, outputs_root  # noqa: F401  (REPO: importab
 def outputs_dir(cfg: Config) -> Path:
     """``$DWT_OUTPUTS_DIR/<profile>`` (default ``<repo>/outputs/<profile>``), absolute (:mod:`dwt_lib.core.paths`)."""
     return outputs_root() / cfg.profile
+
+
+def registry_root(cfg: Config) -> Path:
+    """The root of the profile's runs (a run is ``<root>/runs/<id>``): :func:`outputs_dir`, or in read-only mode
+    the exported registry ``<outputs>/<profile>/registry`` (:mod:`dwt_lib.core.readonly`), laid out the same way."""
+    return readonly.export_dir(cfg.profile) if readonly.enabled() else outputs_dir(cfg)
+
+
+def model_folders(run_dir: Path, res: dict) -> list[str]:
+    """The saved model folders a finished pre-training run must have intact: ``model`` and its snapshots. In
+    read-only mode an exported run (``export.json``, written by ``dwt export``) keeps only some of them, and only
+    those are checked; otherwise every folder is (a run of an ordinary registry has no such record, and one copied
+    there from an export is restored as a run with a deleted model is)."""
+    folders = ["model"] + sorted(v for v in (res.get("snapshots") or {}).values() if isinstance(v, str))
+    if not readonly.enabled():
+        return folders
+    kept = read_json_or_none(Path(run_dir) / readonly.RUN_RECORD, log=lambda s: None)
+    if isinstance(kept, dict) and isinstance(kept.get("models"), list):
+        return [f for f in folders if f in kept["models"]]
+    return folders
 
 
 # ----------------------------------------------------------------------------- atomic I/O
@@ -249,9 +270,13 @@ def ensure(run: Run, cfg: Config, train: Callable[[Run], dict], log: Callable[[s
             return (None, why) if why else (res, None)
         return res, why
 
-    res, _ = usable()
+    res, why = usable()
     if res is not None:
         return res
+    if readonly.enabled():                         # nothing is trained, resumed or healed: the export is as it was
+        state = (f"is in the exported registry but {why}" if why else
+                 "is not finished in the exported registry" if run.dir.is_dir() else "is not in the exported registry")
+        raise ReadOnlyError(f"read-only mode: run {run.name} ({run.id}) {state}", run.dir, readonly.fix(cfg.profile))
     with run.holding():
         res, why = usable()
         if res is not None:         # another process finished it while we waited
@@ -286,7 +311,7 @@ def _status(d: Path, meta: dict, checksums: bool = False) -> dict:
         res, why = check_result(d / "result.json")
         if why:
             return {"status": f"damaged: result.json {why}"}
-        folders = ["model"] + sorted(v for v in (res.get("snapshots") or {}).values() if isinstance(v, str))
+        folders = model_folders(d, res)
         # by default files, sizes and weight headers only: a listing must not read every weight file (at paper
         # scale tens of GB per call); the sha256 is checked where a dependent run reads a model
         why = integrity.folders_problem(d, folders, checksums) if meta.get("kind") != "finetune" else None
@@ -308,7 +333,7 @@ def list_runs(cfg: Config, checksums: bool = False) -> list[dict]:
     progress and wall time. A damaged run is listed as such; the others are listed as usual. Saved models are
     checked by files, sizes and weight headers; ``checksums``: by their sha256 too (reads every weight file)."""
     rows = []
-    for d in sorted((outputs_dir(cfg) / "runs").glob("*-*")):
+    for d in sorted((registry_root(cfg) / "runs").glob("*-*")):
         if not d.is_dir() or not (d / "run.json").exists():
             continue
         row = {"id": d.name, "name": None, "kind": d.name.split("-")[0], "status": "new", "progress": 0.0,

@@ -34,12 +34,12 @@ from dwt_lib.config.schema import Config
 from dwt_lib.core.hashing import jsonable
 from dwt_lib.config.arms import NO_PRETRAINING, SEED_MARK, arm_names, split_seed
 from dwt_lib.core.errors import PreflightError, UnknownNameError
-from dwt_lib.runs.registry import Run, outputs_dir
+from dwt_lib.runs.registry import Run, model_folders, registry_root
 from dwt_lib.core.io import atomic_write_json
 from dwt_lib.config.load import config_from_dict
 from dwt_lib.config.sizes import resolve_size
 from dwt_lib.config.tasks import task_settings
-from dwt_lib.data.prepare import data_hash, prepare_pretraining_data
+from dwt_lib.data.prepare import prepare_pretraining_data, run_data_hash
 
 
 #: Settings that say how often a run logs, evaluates and checkpoints, not what it learns: they are
@@ -54,11 +54,12 @@ def _base_key(cfg: Config, size: str) -> dict:
     # redefining a size's width in a profile is a different run, under the same name.
     # "data" is the processed data's hash, not just cfg.data: it also changes with the data code version
     # (e.g. a new tokenizer training) and with the dataset actually read (Hub, mirror stand-in, sample),
-    # each of which gives other token ids, so a run on other data never resumes or reuses this one.
+    # each of which gives other token ids, so a run on other data never resumes or reuses this one. In read-only
+    # mode the dataset read is the one recorded at export (run_data_hash): no mirror, same ids.
     # "arch" and "initializer_range" enter only when not at their defaults (bert, the arch's own), so every run
     # from before they existed keeps its id (tests/test_golden_ids.py).
     pretrain = {k: v for k, v in jsonable(cfg.pretrain).items() if k not in BOOKKEEPING}
-    key = {"size": size, "shape": resolve_size(size, cfg.model.sizes), "data": data_hash(cfg.data), "pretrain": pretrain,
+    key = {"size": size, "shape": resolve_size(size, cfg.model.sizes), "data": run_data_hash(cfg), "pretrain": pretrain,
            "dropout": [cfg.model.hidden_dropout_prob, cfg.model.attention_probs_dropout_prob],
            "world_size": cfg.launch.num_processes}
     if cfg.model.arch != "bert":
@@ -90,7 +91,7 @@ def pretrain_run(cfg: Config, name: str, size: str, teacher: Optional[Run] = Non
         key["target"] = target
     if grow is not None:
         key["grow"] = grow
-    return Run(kind=kind, name=name, key=jsonable(key), root=outputs_dir(cfg))
+    return Run(kind=kind, name=name, key=jsonable(key), root=registry_root(cfg))
 
 
 def pretrain_seed(cfg: Config, name: str) -> int:
@@ -230,10 +231,11 @@ def eval_set_problem(cfg: Config, res: dict) -> Optional[str]:
 
 def pretrained_problem(run: Run, res: dict) -> Optional[str]:
     """What a finished pre-training run lacks (its model, a snapshot, its metrics) or has damaged (a weight file
-    whose sha256 differs from the one recorded at save: :mod:`dwt_lib.runs.integrity`), or None."""
+    whose sha256 differs from the one recorded at save: :mod:`dwt_lib.runs.integrity`), or None. An exported run
+    is checked on the models it kept (:func:`~dwt_lib.runs.registry.model_folders`)."""
     if "final_eval" not in res:
         return "its result has no final_eval"
-    return integrity.folders_problem(run.dir, ["model"] + sorted(res.get("snapshots", {}).values()))
+    return integrity.folders_problem(run.dir, model_folders(run.dir, res))
 
 
 def _launch_workers(cfg: Config, run: Run) -> dict:
@@ -252,7 +254,7 @@ def finetune_run(cfg: Config, pretrain_name: str, task: str, seed: int, fraction
     key = jsonable({"pretrain": base.id, "fraction": round(fraction, 4), "task": task, "seed": seed,
                      "finetune": task_settings(cfg.finetune, task)})
     return Run(kind="finetune", name=f"{pretrain_name}@{fraction:.2f}/{task}/s{seed}", key=key,
-               root=outputs_dir(cfg))
+               root=registry_root(cfg))
 
 
 def ensure_finetuned(cfg: Config, pretrain_name: str, task: str, seed: int, fraction: float = 1.0,

@@ -17,7 +17,7 @@ from dwt_lib.config.tasks import get_task
 from dwt_lib.core.paths import cache_root
 from dwt_lib.studies.identity import all_run_names, finetune_run, named_run, seed_runs, study_runs, teacher_name
 from dwt_lib.data.glue import _resolve, split_size
-from dwt_lib.data.prepare import cache_path
+from dwt_lib.data.prepare import cache_path, data_dir
 from dwt_lib.runs.registry import read_json
 from dwt_lib.train.steps import global_batch, total_steps
 
@@ -29,7 +29,7 @@ ASSUMED_BYTES_PER_SENTENCE = 120  # data.tokenizer: bytes (~22 words of ~5.5 byt
 
 
 def _blocks(cfg: Config) -> tuple[int, str]:
-    p = cache_path(cfg.data) / "stats.json"
+    p = data_dir(cfg) / "stats.json"          # the cache, or in read-only mode the exported copy
     if p.exists():
         return int(read_json(p)["train_blocks"]), "measured (processed-data cache)"
     sentences = cfg.data.max_sentences or PAPER_SENTENCES

@@ -6,7 +6,8 @@ and snapshot fraction is known, that every GLUE task and split the fine-tuning w
 read from the configured source (the offline mirror has no MNLI, QQP or QNLI train), that the
 outputs folder is writable, and that its disk has room for the checkpoints and models of the runs
 still to train (:func:`run_disk_bytes`, also shown by ``dwt plan``). Each failure raises one
-:class:`~dwt_lib.core.errors.DwtError` that names the problem and the fix.
+:class:`~dwt_lib.core.errors.DwtError` that names the problem and the fix. In read-only mode nothing will be
+trained or read from the data, so only the names and the export's presence are checked.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from dwt_lib.config.schema import Config
+from dwt_lib.core import readonly
 from dwt_lib.data.tokens import vocab_size
 from dwt_lib.core.errors import PreflightError, UnknownNameError
 from dwt_lib.models.encoder import build_model, count_parameters, model_kwargs
@@ -114,6 +116,11 @@ def check(cfg: Config, names: Sequence[str], tasks: Sequence[str] = (), fraction
     for name in names:
         named_run(cfg, name)                    # an unknown run name lists the known ones
     _fractions_known(cfg, fractions)
+    if readonly.enabled():                      # no data, no training: the runs are read from the export
+        for task in tasks:
+            get_task(task)
+        readonly.manifest(cfg.profile)          # a clear error when there is no export of this profile
+        return
     _glue_readable(cfg, tasks)
     _folders(cfg)
     _disk_room(cfg, names, outputs_dir(cfg))
