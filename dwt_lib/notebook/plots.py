@@ -61,53 +61,188 @@ def _color(run: str) -> str:
     return "#333333"
 
 
+#: 12 colours (colour-blind-safe first) and 12 markers: every run of a figure gets its own pair, so two runs
+#: differ in both even in grey print.
+PALETTE = ["#4C72B0", "#C44E52", "#55A868", "#DD8452", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974",
+           "#64B5CD", "#1B9E77", "#7570B3"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p"]
+
+
+def run_styles(runs) -> dict[str, dict]:
+    """``{run: {"color", "marker"}}``, distinct in both for up to 12 runs: the study colour of a run
+    (:data:`COLORS`) where no earlier run of the figure took it, else the next free palette colour."""
+    out, used = {}, set()
+    for i, run in enumerate(runs):
+        c = _color(run)
+        if c == "#333333" or c in used:
+            c = next((p for p in PALETTE if p not in used), PALETTE[i % len(PALETTE)])
+        used.add(c)
+        out[run] = {"color": c, "marker": MARKERS[i % len(MARKERS)]}
+    return out
+
+
+def identical(curves: dict[str, list], ids: dict[str, str] | None = None) -> dict[str, str]:
+    """Runs whose curve equals an earlier run's (or whose run id does): ``{later run: first run}``.
+    The figures draw both and say so in the legend, rather than one line hiding the other."""
+    import numpy as np
+    out = {}
+    names = [n for n in curves if curves[n]]
+    for i, n in enumerate(names):
+        for m in names[:i]:
+            if m in out:
+                continue
+            same_id = ids is not None and ids.get(n) is not None and ids.get(n) == ids.get(m)
+            a, b = np.asarray(curves[n], dtype=float), np.asarray(curves[m], dtype=float)
+            if same_id or (a.shape == b.shape and np.allclose(a, b, rtol=1e-9, atol=1e-12)):
+                out[n] = m
+                break
+    return out
+
+
+def same_label(label: str, run: str, same: dict[str, str], what: str = "curve") -> str:
+    """``label``, with "(same run as X)" / "(curve identical to X's)" where :func:`identical` found one."""
+    return f"{label} ({what} identical to {same[run]}'s)" if run in same else label
+
+
+def seed_design(res: dict, runs=None) -> str:
+    """The seeds behind the scores, from the result file: "3 fine-tuning × 2 pre-training seeds", or, where
+    arms differ, "3 fine-tuning seeds × pre-training seeds: 2 for student, dwt-weak; 1 for the others"."""
+    runs = list(runs if runs is not None else res["runs"])
+    by = res.get("pretrain_seeds") if isinstance(res.get("pretrain_seeds"), dict) else {}
+    n_pt = {n: len(by.get(n) or (res["runs"].get(n) or {}).get("pretrain_seeds") or [None]) for n in runs}
+    n_ft = len(res.get("seeds") or [None])
+    counts = sorted(set(n_pt.values()), reverse=True)
+    if len(counts) <= 1:
+        k = counts[0] if counts else 1
+        return f"{n_ft} fine-tuning × {k} pre-training seed{'s' * (k > 1)}"
+    parts = [f"{k} for {', '.join(n for n in runs if n_pt[n] == k)}" for k in counts[:-1]]
+    return f"{n_ft} fine-tuning seeds × pre-training seeds: " + "; ".join(parts) + f"; {counts[-1]} for the others"
+
+
+def legend_outside(ax, **kw):
+    """The axes' legend to its right, outside the data (constrained layout, or ``bbox_inches="tight"``
+    on saving, makes room for it)."""
+    kw = {"fontsize": 7, "loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "borderaxespad": 0.0,
+          "frameon": False, **kw}
+    return ax.legend(**kw)
+
+
+def reference_lines(ax, res: dict | None) -> None:
+    """ln V and the unigram cross-entropy (``res["reference"]``, :func:`dwt_lib.studies.reference.mlm_reference`)
+    on an MLM-loss axis: drawn where they lie within one data span of the curves, else listed in the legend as
+    above (or below) the axis, so that the curves keep their resolution."""
+    ref = (res or {}).get("reference")
+    if not ref:
+        return
+    lo, hi = ax.get_ylim()
+    span = hi - lo
+    for y, text, ls in ((ref["ln_vocab"], f"ln V = {ref['ln_vocab']:.2f}: uniform", "-."),
+                        (ref["unigram_ce"], f"unigram {ref['unigram_ce']:.2f}: frequencies", "--")):
+        if lo - span <= y <= hi + span:
+            ax.axhline(y, color="#555555", lw=1, ls=ls, label=text, zorder=1)
+        else:
+            ax.plot([], [], color="#555555", lw=1, ls=ls, label=f"{text} ({'above' if y > hi else 'below'} axis)")
+
+
+def majority_line(ax, baseline: float | None, values, label: str = "majority-class baseline") -> None:
+    """The majority-class baseline as a dashed line where the scores approach it (within their own span, at
+    least 3 points); otherwise a legend entry with its value, so its distance is still stated."""
+    if baseline is None or baseline != baseline:
+        return
+    vals = [v for v in values if v == v]
+    near = not vals or min(vals) - baseline <= max(3.0, max(vals) - min(vals))
+    kw = dict(color="#888888", ls=(0, (4, 2)), lw=1, zorder=1)
+    if near:
+        ax.axhline(baseline, label=f"{label} {baseline:.1f}", **kw)
+    else:
+        ax.plot([], [], label=f"{label} {baseline:.1f} (below the axis)", **kw)
+
+
+def _glue_se(r: dict) -> float:
+    """Standard error of an arm's GLUE average: the larger of the SE over fine-tuning seeds and over
+    pre-training seeds (the one :func:`dwt_lib.studies.spread.resolved` decides with); 0 where unknown."""
+    import numpy as np
+    se = [float(np.std(v, ddof=1) / np.sqrt(len(v))) for v in (r.get("glue_avg_per_seed") or [],
+                                                                r.get("glue_avg_per_pretrain_seed") or [])
+          if len(v) >= 2]
+    return max(se) if se else 0.0
+
+
+def majority_glue(res: dict) -> float | None:
+    """The GLUE average of the tasks' majority-class baselines (constant prediction; 0 for correlations),
+    from the ``majority_baseline`` of the result file's score rows; None if the file has none."""
+    by = {}
+    for s in res.get("scores", []):
+        if s.get("majority_baseline") is not None and s["majority_baseline"] == s["majority_baseline"]:
+            by.setdefault(s["task"], []).append(s["majority_baseline"])
+    if not by or set(by) != set(res.get("tasks", by)):
+        return None
+    return sum(sum(v) / len(v) for v in by.values()) / len(by)
+
+
 def teacher_quality(result_path: Path):
-    """Fig. 2: GLUE average against parameter count; an arrow from each teacher to its DWT student,
-    labelled with the gain over the standalone student."""
+    """Fig. 2: GLUE average (bars: ±1 SE) against parameter count; an arrow from each teacher to its DWT student.
+    The students share one x, so they are listed in a column to the right, each DWT student with its gain over
+    the standalone student (and the paper's); the majority-class baseline where the scores approach it."""
     res = read_json(result_path)
     runs = res["runs"]
+    kinds = {"teacher": ("o", "teachers (alone)"), "student": ("*", "student (alone)"),
+             "dwt": ("s", "students with DWT")}
+    xs = [r["params"] / 1e6 for r in runs.values()]
+    span = max(xs) - min(xs) or 1.0
+    studs = sorted((n for n in runs if not n.startswith("teacher-")), key=lambda n: -runs[n]["glue_avg"])
+    # the students share one x: side by side (dodged), so that their error bars do not hide each other
+    px = {n: r["params"] / 1e6 for n, r in runs.items()}
+    px.update({n: px[n] + (i - (len(studs) - 1) / 2) * 0.035 * span for i, n in enumerate(studs)})
     with style():
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig, ax = plt.subplots(figsize=(8, 4.5))
         for name, r in runs.items():
             kind = name.split("-")[0]
-            marker = {"teacher": "o", "student": "*", "dwt": "s"}[kind]
-            ax.scatter(r["params"] / 1e6, r["glue_avg"], s=160 if kind == "student" else 70, marker=marker,
-                       color=_color(name), zorder=3, label={"teacher": "teachers (alone)", "student":
-                       "student (alone)", "dwt": "students with DWT"}[kind])
-            if kind == "teacher":
-                ax.annotate(name, (r["params"] / 1e6, r["glue_avg"]), textcoords="offset points", xytext=(6, -12),
-                            fontsize=8, color="#444444")
+            marker, label = kinds[kind]
+            ax.errorbar(px[name], r["glue_avg"], yerr=_glue_se(r), fmt=marker, ms=13 if kind == "student"
+                        else 8, color=_color(name), ecolor=_color(name), elinewidth=1, capsize=3, zorder=3,
+                        label=label)
+            if kind == "teacher":       # above-left: the arrow leaves to the right
+                ax.annotate(name[8:], (r["params"] / 1e6, r["glue_avg"]), textcoords="offset points",
+                            xytext=(-7, 7), ha="right", va="bottom", fontsize=8, color="#444444")
         for role in res["roles"]:
             t, s = runs[f"teacher-{role}"], runs[f"dwt-{role}"]
-            g = res["dwt_gain"][role]
-            ax.annotate("", xy=(s["params"] / 1e6, s["glue_avg"]), xytext=(t["params"] / 1e6, t["glue_avg"]),
-                        arrowprops=dict(arrowstyle="->", color="#888888", lw=1, shrinkA=6, shrinkB=6))
-            # 40% of the way from the teacher: clear of the next teacher's name, which sits near the midpoint
-            mid = ((0.6 * t["params"] + 0.4 * s["params"]) / 1e6, 0.6 * t["glue_avg"] + 0.4 * s["glue_avg"])
-            cmp = res.get("dwt_gain_compare", {}).get(role)
-            ok = bool(cmp and cmp["resolved"])
-            big = max(cmp["se_finetune"], cmp["se_pretrain"]) if cmp else float("nan")
-            noise = f" ({abs(g) / big:.1f} SE)" if not ok and big > 0 else (" (?)" if not ok else "")
-            # grey: not resolved (the title counts the resolved ones)
-            ax.annotate(f"{g:+.2f}{noise}, paper {res['paper']['dwt_gain'][role]:+.2f}",
-                        mid, fontsize=8, color=("#2a7a3a" if g > 0 else "#a33") if ok else "#777777", ha="center",
-                        bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.8))
-        # students share one x: list them in a column to the right instead of labels on top of each other
-        studs = sorted((n for n in runs if not n.startswith("teacher-")), key=lambda n: -runs[n]["glue_avg"])
-        x = runs["student"]["params"] / 1e6
-        for i, n in enumerate(studs):
-            ax.annotate(f"{n}: {runs[n]['glue_avg']:.2f}", (x, runs[n]["glue_avg"]), fontsize=8, color=_color(n),
-                        xytext=(1.02, 0.95 - 0.07 * i), textcoords="axes fraction", va="top",
-                        arrowprops=dict(arrowstyle="-", color=_color(n), lw=0.5, alpha=0.5))
-        ax.axhline(runs["student"]["glue_avg"], color=COLORS["student"], lw=0.8, ls="--", alpha=0.6)
+            ax.annotate("", xy=(px[f"dwt-{role}"], s["glue_avg"]), xytext=(px[f"teacher-{role}"], t["glue_avg"]),
+                        arrowprops=dict(arrowstyle="->", color="#888888", lw=1, shrinkA=7, shrinkB=7))
+        # students share one x: a column to the right (name, score ± SE; for DWT its gain), joined by thin lines
+        y = 0.98
+        for n in studs:
+            r = runs[n]
+            ax.annotate(f"{n}: {r['glue_avg']:.2f} ± {_glue_se(r):.2f}", (px[n], r["glue_avg"]), fontsize=8,
+                        color=_color(n), xytext=(1.03, y), textcoords="axes fraction", va="top",
+                        arrowprops=dict(arrowstyle="-", color=_color(n), lw=0.5, alpha=0.5, shrinkB=6))
+            y -= 0.065
+            role = n[4:] if n.startswith("dwt-") else None
+            if role in res["dwt_gain"]:
+                g = res["dwt_gain"][role]
+                cmp = res.get("dwt_gain_compare", {}).get(role)
+                ok = bool(cmp and cmp["resolved"])
+                big = max(cmp["se_finetune"], cmp["se_pretrain"]) if cmp else float("nan")
+                noise = f" ({abs(g) / big:.1f} SE)" if not ok and big > 0 else (" (?)" if not ok else "")
+                # grey: not resolved (the title counts the resolved ones)
+                ax.annotate(f"{g:+.2f}{noise}, paper {res['paper']['dwt_gain'][role]:+.2f}", (1.06, y),
+                            xycoords="axes fraction", va="top", fontsize=7.5,
+                            color=("#2a7a3a" if g > 0 else "#a33") if ok else "#777777")
+                y -= 0.065
+        ax.axhline(runs["student"]["glue_avg"], color=COLORS["student"], lw=0.8, ls="--", alpha=0.6,
+                   label="standalone student's score")
+        majority_line(ax, majority_glue(res), [r["glue_avg"] for r in runs.values()],
+                      label="majority-class baseline (GLUE avg)")
+        ax.set_xlim(min(xs) - 0.3 * span, max(xs) + 0.08 * span)          # room for the teachers' names
         h, lab = ax.get_legend_handles_labels()
         uniq = dict(zip(lab, h))
-        ax.legend(uniq.values(), uniq.keys(), loc="best", fontsize=8)
+        legend_outside(ax, handles=list(uniq.values()), labels=list(uniq.keys()), loc="lower left",
+                       bbox_to_anchor=(1.03, 0.0), title="bars: ±1 SE", title_fontsize=7)
         ax.set_xlabel("parameters (M)")
         ax.set_ylabel(f"GLUE average ({', '.join(res['tasks'])})")
         n_ok = sum(bool((res.get("dwt_gain_compare", {}).get(r) or {}).get("resolved")) for r in res["roles"])
-        ax.set_title(f"Teacher quality ({res['provenance']['profile']} profile): DWT gain over the standalone student; "
-                     f"{n_ok} of {len(res['roles'])} resolved (> 2 SE)", fontsize=10)
+        ax.set_title(f"Teacher quality ({res['provenance']['profile']} profile; {seed_design(res)}):\nDWT gain over "
+                     f"the standalone student; {n_ok} of {len(res['roles'])} resolved (> 2 SE)", fontsize=10)
         save(fig, result_path, "03_teacher_quality")
     return fig
 
@@ -122,32 +257,50 @@ def premise_curves(result_path: Path):
     blues = ["#1f3b73", "#4C72B0", "#8fb0e0", "#c5d6f0"]
     colour = {n: blues[min(i, len(blues) - 1)] for i, n in enumerate(p["order"][1:])}
     colour["student"] = COLORS["student"]
+    marker = {n: MARKERS[i % len(MARKERS)] for i, n in enumerate(p["order"])}
+    n_seeds = {}
+    for run in res.get("curves", {}):
+        arm, _ = split_seed(run)
+        n_seeds[arm] = n_seeds.get(arm, 0) + 1
+    pl = lambda k: f"{k} pre-training seed{'s' * (k > 1)}"  # noqa: E731
     with style():
-        fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+        fig, axes = plt.subplots(1, 3, figsize=(16, 4.4), layout="constrained")
+        by_arm = {}
         for run, curve in res.get("curves", {}).items():
             arm, seed = split_seed(run)
             if not curve or arm not in colour:
                 continue
+            by_arm.setdefault(arm, []).append(curve)
             x = [c["tokens"] / 1e6 for c in curve]
-            label = None if seed is not None else (f"{arm} ({len(p['student_seeds'])} pre-training seed(s))"
-                                                   if arm == "student" else arm)
+            label = None if seed is not None else (arm[8:] if arm.startswith("teacher-") else arm)
             kw = dict(color=colour[arm], lw=2 if arm == "student" else 1.4, ls="--" if seed is not None else "-",
-                      marker=".", label=label)
+                      marker=marker.get(arm, "."), ms=4, label=label)
             axes[0].plot(x, [c["mlm_loss"] for c in curve], **kw)
             axes[1].plot(x, [100 * c["mlm_accuracy"] for c in curve], **kw)
+        for arm, curves in by_arm.items():           # band: the range over pre-training seeds (where several)
+            if len(curves) < 2 or len({len(c) for c in curves}) > 1:
+                continue
+            x = [c["tokens"] / 1e6 for c in curves[0]]
+            for ax, key, k in ((axes[0], "mlm_loss", 1), (axes[1], "mlm_accuracy", 100)):
+                ys = [[k * c[i][key] for c in curves] for i in range(len(x))]
+                ax.fill_between(x, [min(v) for v in ys], [max(v) for v in ys], color=colour[arm], alpha=0.15, lw=0,
+                                label=f"{arm}: seed range")
+        reference_lines(axes[0], res)
         axes[0].set_ylabel("held-out MLM loss (nats)")
         axes[1].set_ylabel("held-out masked-token accuracy (%)")
-        for ax in axes:
+        for ax in axes[:2]:
             ax.set_xlabel("tokens seen (M)")
-        axes[0].legend(fontsize=8)
+            legend_outside(ax)
         _premise_gaps(axes[2], p, colour)
         gaps = ", ".join(f"{g['gap']:+.3f}" for g in p["gaps"])
         verdict = "holds" if p["holds"] else "does not hold"
         need = (f"needed ≥ {p['required_gap']:.3f}" if p["required_gap"] == p["required_gap"]
                 else "one pre-training seed: spread unknown")
+        many = [f"{a} {k}" for a, k in n_seeds.items() if a in colour and k > 1]
+        design = (f"pre-training seeds: {', '.join(many) or 'one per model'} (band: their range; dashed: "
+                  f"the second and later seeds), every other model 1" if many else "one pre-training seed per model")
         fig.suptitle(f"Premise {verdict}: final held-out loss gaps, student to each weaker teacher in turn, {gaps} "
-                     f"nats ({need}); {res['provenance']['profile']} profile", fontsize=10)
-        fig.tight_layout()
+                     f"nats ({need}); {res['provenance']['profile']} profile\n{design}", fontsize=10)
         save(fig, result_path, "03_premise")
     return fig
 
@@ -186,7 +339,8 @@ def _premise_gaps(ax, p: dict, colour: dict) -> None:
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_ylabel("loss gap (nats; > 0: the larger model is better)")
     ax.set_title("gaps, and their trend extrapolated (dotted)", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_xlabel("tokens seen (M)")
+    legend_outside(ax)
 
 
 def over_training(result_path: Path, name: str):
