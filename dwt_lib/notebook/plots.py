@@ -334,7 +334,9 @@ def _premise_gaps(ax, p: dict, colour: dict) -> None:
     ax.axhline(0, color="grey", lw=0.6)
     ax.set_xscale("log")
     # ticks at 1, 2, 5 x 10^k, written plainly; no labels on the minor ticks (they collided within one decade)
-    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    # over more than two decades (an extrapolation far out) 1 x 10^k only: 2 and 5 ran into each other
+    lo, hi = ax.get_xlim()
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0) if hi / lo <= 100 else (1.0,)))
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_ylabel("loss gap (nats; > 0: the larger model is better)")
@@ -345,78 +347,119 @@ def _premise_gaps(ax, p: dict, colour: dict) -> None:
 
 def over_training(result_path: Path, name: str):
     """Fig. 3 / 4: per-task fine-tuning score at each pre-training snapshot, one panel per task,
-    mean over seeds with the seed range shaded. A task on which no model beats its majority-class baseline
+    mean over seeds with the range over every (pre-training, fine-tuning) seed pair shaded, and the task's
+    majority-class baseline where the scores approach it. A task on which no model beats that baseline
     gets a panel that says so (and the baseline) instead of flat lines."""
     res = read_json(result_path)
     tasks = res["tasks"]
     dead = set(baseline_tasks(res["scores"]))
+    st = run_styles(res["runs"])
     with style():
-        # constrained layout keeps the figure title clear of the panel titles
-        fig, axes = plt.subplots(1, len(tasks), figsize=(3.4 * len(tasks), 3.4), squeeze=False,
+        # constrained layout keeps the figure title clear of the panel titles, and the legends clear of the panels
+        fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.4), squeeze=False,
                                  layout="constrained")
-        handles = {}
         for ax, task in zip(axes[0], tasks):
             ax.set_title(task.upper())
             ax.set_xlabel("fraction of pre-training")
+            ax.set_ylabel(f"{task.upper()} validation score")
             ax.set_xticks(res["fractions"])
+            rows = [s for s in res["scores"] if s["task"] == task]
+            base = [s["majority_baseline"] for s in rows if s.get("majority_baseline") is not None]
+            b = sum(base) / len(base) if base else None
             if task in dead:
-                base = [s.get("majority_baseline") or 0.0 for s in res["scores"] if s["task"] == task]
-                b = sum(base) / len(base)
-                ax.axhline(b, color="#888888", ls="--", lw=1)
+                b = b or 0.0
+                ax.axhline(b, color="#888888", ls=(0, (4, 2)), lw=1, label=f"majority-class baseline {b:.1f}")
                 ax.set_xlim(min(res["fractions"]) - 0.1, max(res["fractions"]) + 0.1)
                 ax.set_ylim(b - 10, b + 10)
                 ax.set_yticks([b])
-                ax.text(0.5, 0.5, f"every model at the majority-class\nbaseline ({b:.1f}, dashed):\n"
+                # above the dashed line, not on it
+                ax.text(0.5, 0.8, f"every model at the majority-class\nbaseline ({b:.1f}, dashed):\n"
                         f"no transfer to compare on {task.upper()}", transform=ax.transAxes, ha="center",
-                        va="center", fontsize=9, color="#444444",
+                        va="center", fontsize=8, color="#444444",
                         bbox=dict(boxstyle="round,pad=0.4", fc="#f4f4f4", ec="#cccccc"))
+                legend_outside(ax)
                 continue
+            curves, values = {}, []
             for run in res["runs"]:
                 pts = sorted((s["fraction"], s["mean"], min(s["scores"]), max(s["scores"]))
-                             for s in res["scores"] if s["run"] == run and s["task"] == task)
-                if not pts:
-                    continue
+                             for s in rows if s["run"] == run)
+                if pts:
+                    curves[run] = pts
+                    values += [v for p in pts for v in p[1:]]
+            same = identical({r: [p[1:] for p in pts] for r, pts in curves.items()})
+            for run, pts in curves.items():
                 x, m, lo, hi = zip(*pts)
-                label = _label(run, res)
-                handles[label] = ax.plot(x, m, marker="o", color=_color(run), label=label)[0]
-                ax.fill_between(x, lo, hi, color=_color(run), alpha=0.15, lw=0)
-        axes[0][0].set_ylabel("validation score")
-        if handles:
-            fig.legend(handles.values(), handles.keys(), fontsize=8, loc="outside right center")
+                c, mk = st[run]["color"], st[run]["marker"]
+                ax.plot(x, m, marker=mk, color=c, ls="--" if run in same else "-",
+                        label=same_label(_label(run, res), run, same, "scores"))
+                ax.fill_between(x, lo, hi, color=c, alpha=0.15, lw=0)
+            majority_line(ax, b, values)
+            ax.plot([], [], color="#999999", alpha=0.3, lw=6, label="band: range over seeds")
+            legend_outside(ax)
         comps = over_training_comparisons(res)
         said = (f"\n{sum(c['resolved'] for c in comps)} of {len(comps)} differences resolved (> 2 SE)"
                 if comps else "")
-        fig.suptitle(f"{_title(res)} ({res['provenance']['profile']} profile; {len(res['seeds'])} seed(s)){said}",
+        fig.suptitle(f"{_title(res)} ({res['provenance']['profile']} profile; {seed_design(res)}){said}",
                      fontsize=10)
         save(fig, result_path, name)
     return fig
 
 
 def loss_curves(result_path: Path, name: str):
-    """Pre-training hard (MLM) and soft (KL) loss against step for each run of a study, with a_s."""
+    """Pre-training losses against step for each run of a study: the hard (MLM) loss with the reference levels
+    (ln V, unigram), the soft loss KL, the soft weight a_s, and the soft term as the loss weighs it, a_s x KL,
+    beside the hard loss: its share of the loss at the first and last log line is in the legend."""
     res = read_json(result_path)
+    logs = {run: log for run, log in res["logs"].items() if log}
+    st = run_styles(res["logs"])
     with style():
-        fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-        for run, log in res["logs"].items():
-            if not log:
+        fig, axes = plt.subplots(2, 2, figsize=(12, 6.4), layout="constrained")
+        ax_h, ax_s, ax_a, ax_w = axes.ravel()
+        panels = ((ax_h, "hard"), (ax_s, "soft"), (ax_a, "alpha_soft"))
+        for ax, key in panels:
+            same = identical({run: [(r["step"], r[key]) for r in log] for run, log in logs.items()})
+            for run, log in logs.items():
+                c, mk, label = st[run]["color"], st[run]["marker"], _label(run, res)
+                ax.plot([r["step"] for r in log], [r[key] for r in log], color=c, marker=mk, ms=4,
+                        markevery=max(1, len(log) // 8), ls="--" if run in same else "-",
+                        label=same_label(label, run, same))
+                ev = [(r["step"], r["eval_mlm_loss"]) for r in log if "eval_mlm_loss" in r]
+                if key == "hard" and ev:
+                    ax.plot(*zip(*ev), color=c, ls=":", marker=".", alpha=0.8)
+        if any("eval_mlm_loss" in r for log in logs.values() for r in log):
+            ax_h.plot([], [], color="#555555", ls=":", marker=".", label="dotted: held-out")
+        reference_lines(ax_h, res)
+        # the soft term as weighted in the loss (Eq. 3: hard + a_s x KL) against the hard loss
+        for run, log in logs.items():
+            w = [(r["step"], r["alpha_soft"] * r["soft"], r["hard"]) for r in log if r["alpha_soft"] * r["soft"] > 0]
+            if not w:
                 continue
-            step = [r["step"] for r in log]
-            c, label = _color(run), _label(run, res)
-            axes[0].plot(step, [r["hard"] for r in log], color=c, label=label)
-            axes[1].plot(step, [r["soft"] for r in log], color=c, label=label)
-            axes[2].plot(step, [r["alpha_soft"] for r in log], color=c, label=label)
-            ev = [(r["step"], r["eval_mlm_loss"]) for r in log if "eval_mlm_loss" in r]
-            if ev:
-                axes[0].plot(*zip(*ev), color=c, ls=":", marker=".", alpha=0.8)
-        for ax, t in zip(axes, ("hard loss: MLM cross-entropy (dotted: held-out)", "soft loss: KL(teacher || student)",
-                                "soft weight a_s")):
+            share = [a / (a + h) for _, a, h in w]
+            c, mk = st[run]["color"], st[run]["marker"]
+            ax_w.plot([x for x, _, _ in w], [a for _, a, _ in w], color=c, marker=mk, ms=4,
+                      markevery=max(1, len(w) // 8),
+                      label=f"{_label(run, res)}: {100 * share[0]:.0f}% of the loss → {100 * share[-1]:.0f}%")
+            ax_w.plot([x for x, _, _ in w], [h for _, _, h in w], color=c, lw=0.8, ls=(0, (2, 2)), alpha=0.8)
+        if ax_w.has_data():
+            ax_w.plot([], [], color="#555555", lw=0.8, ls=(0, (2, 2)), label="dashed: hard loss, same run")
+            ax_w.set_yscale("log")
+        else:
+            ax_w.text(0.5, 0.5, "no run with a soft term (a_s x KL = 0 throughout)", transform=ax_w.transAxes,
+                      ha="center", color="#555555")
+        titles = ("hard loss: MLM cross-entropy (solid: training)", "soft loss: KL(teacher || student)",
+                  "soft weight a_s", "soft term as weighted, a_s x KL (solid), against the hard loss")
+        ylabels = ("nats", "nats", "a_s", "nats (log scale)")
+        for ax, t, yl in zip(axes.ravel(), titles, ylabels):
             ax.set_title(t, fontsize=9)
-            ax.set_xlabel("step")
-        axes[2].legend(fontsize=8)
-        a_s = {r["alpha_soft"] for log in res["logs"].values() for r in log}
+            ax.set(xlabel="step", ylabel=yl)
+            if ax.get_legend_handles_labels()[0]:
+                legend_outside(ax)
+        a_s = {r["alpha_soft"] for log in logs.values() for r in log}
         if len(a_s) == 1:           # one flat line: say so, rather than a zoomed axis around it
-            axes[2].text(0.5, 0.35, f"a_s = {a_s.pop():g} throughout, for every run", transform=axes[2].transAxes,
-                         ha="center", fontsize=9, color="#555555")
+            ax_a.text(0.5, 0.35, f"a_s = {a_s.pop():g} throughout, for every run", transform=ax_a.transAxes,
+                      ha="center", fontsize=9, color="#555555")
+        fig.suptitle(f"{_title(res)}: pre-training losses ({res['provenance']['profile']} profile; the first "
+                     f"pre-training seed of each run)", fontsize=10)
         save(fig, result_path, name)
     return fig
 
