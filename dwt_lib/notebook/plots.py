@@ -145,12 +145,12 @@ def reference_lines(ax, res: dict | None) -> None:
 
 
 def majority_line(ax, baseline: float | None, values, label: str = "majority-class baseline") -> None:
-    """The majority-class baseline as a dashed line where the scores approach it (within their own span, at
-    least 3 points); otherwise a legend entry with its value, so its distance is still stated."""
+    """The majority-class baseline as a dashed line where the scores approach it (within twice their
+    span, at least 5 points); otherwise a legend entry with its value, so its distance is still stated."""
     if baseline is None or baseline != baseline:
         return
     vals = [v for v in values if v == v]
-    near = not vals or min(vals) - baseline <= max(3.0, max(vals) - min(vals))
+    near = not vals or min(vals) - baseline <= max(5.0, 2 * (max(vals) - min(vals)))
     kw = dict(color="#888888", ls=(0, (4, 2)), lw=1, zorder=1)
     if near:
         ax.axhline(baseline, label=f"{label} {baseline:.1f}", **kw)
@@ -495,7 +495,8 @@ def registry_runs(runs_dir: Path) -> dict[str, dict]:
             continue
         if meta.get("kind") == "finetune":
             ft.append({"pretrain": meta["key"].get("pretrain"), "task": res.get("task"), "seed": res.get("seed"),
-                       "fraction": res.get("fraction", meta["key"].get("fraction")), "score": res.get("score")})
+                       "fraction": res.get("fraction", meta["key"].get("fraction")), "score": res.get("score"),
+                       "majority_baseline": res.get("majority_baseline")})
             continue
         log = d / "log.jsonl"
         pre[d.name] = {"id": d.name, "name": meta.get("name"), "kind": meta.get("kind"),
@@ -507,27 +508,33 @@ def registry_runs(runs_dir: Path) -> dict[str, dict]:
     return pre
 
 
-def compare_runs(runs_dir: Path, chosen: dict[str, str], save_as: str | None = None):
+def compare_runs(runs_dir: Path, chosen: dict[str, str], save_as: str | None = None, reference: dict | None = None):
     """Overlay chosen runs of one profile: pre-training MLM loss against step (solid: training, dotted: held-out)
-    and fine-tuning scores per task at each run's last snapshot (mean over seeds, bar; seed range, whisker).
+    and fine-tuning scores per task at each run's last snapshot (mean over seeds, bar; seed range, whisker;
+    the task's majority-class baseline, dashed, where the fine-tuning results record it).
 
-    ``chosen`` maps run id -> label (see :func:`dwt_lib.notebook.explore.resolve_runs`). With ``save_as`` the figure is
-    saved as ``outputs/<profile>/figures/<save_as>.png|svg``."""
+    ``chosen`` maps run id -> label (see :func:`dwt_lib.notebook.explore.resolve_runs`). ``reference``
+    (:func:`dwt_lib.studies.reference.mlm_reference`) adds ln V and the unigram loss to the loss panel. With
+    ``save_as`` the figure is saved as ``outputs/<profile>/figures/<save_as>.png|svg``."""
     import numpy as np
     reg = registry_runs(runs_dir)
     missing = [i for i in chosen if i not in reg]
     if missing:
         raise ValueError(f"not finished (or not in {runs_dir}): {', '.join(missing)}")
     with style():
-        fig, (ax_l, ax_s) = plt.subplots(1, 2, figsize=(12, 3.6), layout="constrained")
-        cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        fig, (ax_l, ax_s) = plt.subplots(1, 2, figsize=(13, 3.8), layout="constrained")
         tasks = sorted({s["task"] for i in chosen for s in reg[i]["scores"]})
         width = 0.8 / max(len(chosen), 1)
+        st = {rid: v for rid, v in zip(chosen, run_styles([f"run{k}" for k in range(len(chosen))]).values())}
+        same = identical({rid: [(e["step"], e["hard"]) for e in reg[rid]["log"] if "hard" in e] for rid in chosen})
+        base = {}
         for k, (rid, label) in enumerate(chosen.items()):
-            r, c = reg[rid], cycle[k % len(cycle)]
+            r, c, mk = reg[rid], st[rid]["color"], st[rid]["marker"]
             loss = f" (held-out {r['mlm_loss']:.3f})" if r["mlm_loss"] is not None else ""
             steps = [e["step"] for e in r["log"] if "hard" in e]
-            ax_l.plot(steps, [e["hard"] for e in r["log"] if "hard" in e], color=c, lw=1, label=label + loss)
+            tag = f" (curve identical to {chosen[same[rid]]}'s)" if rid in same else ""
+            ax_l.plot(steps, [e["hard"] for e in r["log"] if "hard" in e], color=c, lw=1, marker=mk, ms=4,
+                      markevery=max(1, len(steps) // 8), ls="--" if rid in same else "-", label=label + loss + tag)
             ev = [(e["step"], e["eval_mlm_loss"]) for e in r["log"] if "eval_mlm_loss" in e]
             if ev:
                 ax_l.plot(*zip(*ev), color=c, ls=":", marker=".")
@@ -537,15 +544,24 @@ def compare_runs(runs_dir: Path, chosen: dict[str, str], save_as: str | None = N
                     continue
                 last = max(s["fraction"] for s in sc)
                 v = [s["score"] for s in sc if s["fraction"] == last]
+                base.setdefault(j, []).extend(s["majority_baseline"] for s in sc if s.get("majority_baseline")
+                                              is not None)
                 x = j - 0.4 + width * (k + 0.5)
-                ax_s.bar(x, np.mean(v), width, color=c, alpha=0.85)
+                ax_s.bar(x, np.mean(v), width, color=c, alpha=0.85, hatch=None, label=label if j == 0 else None)
                 ax_s.plot([x, x], [min(v), max(v)], color="#333333", lw=1)
-        ax_l.set(title="pre-training MLM loss (dotted: held-out)", xlabel="step")
-        ax_l.legend(fontsize=8)
+        reference_lines(ax_l, {"reference": reference})
+        ax_l.set(title="pre-training MLM loss (dotted: held-out)", xlabel="step", ylabel="nats")
+        legend_outside(ax_l)
         if tasks:
+            for j, b in base.items():
+                if b:
+                    ax_s.plot([j - 0.45, j + 0.45], [np.mean(b)] * 2, color="#555555", ls=(0, (4, 2)), lw=1,
+                              label="majority-class baseline" if j == min(base) else None)
+            ax_s.plot([], [], color="#333333", lw=1, label="whisker: seed range")
             ax_s.set_xticks(range(len(tasks)), [t.upper() for t in tasks])
             ax_s.set(title="fine-tuning score at the last snapshot (mean; whisker: seed range)",
                      ylabel="validation score")
+            legend_outside(ax_s)
         else:
             ax_s.text(0.5, 0.5, "no fine-tuning results for these runs yet", ha="center", va="center",
                       transform=ax_s.transAxes, color="#666666")
@@ -573,46 +589,76 @@ def beyond(result_path: Path, question: str):
         return fig
     q = res["questions"][question]
     extra = {"soft_weight": ["a_s", "ema"], "growth": ["gate"]}.get(question, [])
-    cycle = ["#55A868", "#C44E52", "#4C72B0", "#DD8452", "#8172B3", "#937860", "#DA8BC3"]
-    colour = {n: cycle[i % len(cycle)] for i, n in enumerate(q["runs"])}
+    st = run_styles(q["runs"])
+    logs = {n: res["logs"].get(n, []) for n in q["runs"]}
+    ids = {n: (res["runs"].get(n) or {}).get("id") for n in q["runs"]}
+    evs = {n: [(r["step"], r["eval_mlm_loss"]) for r in log if "eval_mlm_loss" in r] for n, log in logs.items()}
+    same_loss = identical(evs, ids)
+    same_as = identical({n: [(r["step"], r["alpha_soft"]) for r in log] for n, log in logs.items()}, ids)
+    sbf = res["score_by_fraction"]
+    same_score = identical({n: [(p["fraction"], p["mean"], p["lo"], p["hi"]) for p in sbf[n]] for n in q["runs"]}, ids)
     with style():
-        fig, axes = plt.subplots(1, 2 + len(extra), figsize=(4.2 * (2 + len(extra)), 3.4), layout="constrained")
+        n_ax = 2 + len(extra)       # two panels a row: each keeps its legend at its side
+        fig, grid = plt.subplots((n_ax + 1) // 2, 2, figsize=(12, 3.4 * ((n_ax + 1) // 2)), squeeze=False,
+                                 layout="constrained")
+        axes = list(grid.ravel())
+        for ax in axes[n_ax:]:
+            fig.delaxes(ax)
+        axes = axes[:n_ax]
+        values = []
         for n in q["runs"]:
-            log, ls = res["logs"].get(n, []), "-" if n in q["arms"] else "--"
-            ev = [(r["step"], r["eval_mlm_loss"]) for r in log if "eval_mlm_loss" in r]
-            if ev:
-                axes[0].plot(*zip(*ev), color=colour[n], ls=ls, marker=".", label=n)
-            pts = res["score_by_fraction"][n]
+            log, c, mk = logs[n], st[n]["color"], st[n]["marker"]
+            ls = "-" if n in q["arms"] else "--"
+            if evs[n]:       # an identical curve: thinner, on top, so that both show
+                axes[0].plot(*zip(*evs[n]), color=c, ls=ls, marker=mk, ms=4, lw=1 if n in same_loss else 1.6,
+                             zorder=3 if n in same_loss else 2, label=same_label(n, n, same_loss))
+            pts = sbf[n]
             x = [p["fraction"] for p in pts]
-            axes[1].plot(x, [p["mean"] for p in pts], color=colour[n], ls=ls, marker="o", label=n)
-            axes[1].fill_between(x, [p["lo"] for p in pts], [p["hi"] for p in pts], color=colour[n], alpha=0.12, lw=0)
+            values += [v for p in pts for v in (p["lo"], p["hi"])]
+            axes[1].plot(x, [p["mean"] for p in pts], color=c, ls=ls, marker=mk, label=same_label(n, n, same_score,
+                                                                                                  "scores"))
+            axes[1].fill_between(x, [p["lo"] for p in pts], [p["hi"] for p in pts], color=c, alpha=0.12, lw=0)
             for ax, what in zip(axes[2:], extra):
                 if what == "a_s" and log:
-                    ax.plot([r["step"] for r in log], [r["alpha_soft"] for r in log], color=colour[n], ls=ls, label=n)
+                    ax.plot([r["step"] for r in log], [r["alpha_soft"] for r in log], color=c, ls=ls, marker=mk, ms=4,
+                            markevery=max(1, len(log) // 8), lw=1 if n in same_as else 1.6,
+                            label=same_label(n, n, same_as))
                 if what == "ema" and log and "ema_student" in log[0]:
                     steps = [r["step"] for r in log]
-                    ax.plot(steps, [r["ema_student"] for r in log], color=colour[n], label=f"{n}: student")
+                    ax.plot(steps, [r["ema_student"] for r in log], color=c, label=f"{n}: student")
                     ax.plot(steps, [r["ema_teacher"] for r in log], color="#333333", ls=":", label=f"{n}: teacher")
                 if what == "gate" and log and "gate" in log[0]:       # m = 0 at step 0, before the first log line
-                    ax.plot([0] + [r["step"] for r in log], [0.0] + [r["gate"] for r in log], color=colour[n],
-                            marker=".", label=n)
+                    ax.plot([0] + [r["step"] for r in log], [0.0] + [r["gate"] for r in log], color=c,
+                            marker=mk, ms=4, markevery=max(1, len(log) // 8), label=n)
                     ax.set_ylim(-0.05, 1.05)
+        reference_lines(axes[0], res)
+        base = [s["majority_baseline"] for s in res.get("scores", []) if s.get("majority_baseline") is not None
+                and s["run"] in q["runs"]]
+        by_task = {}
+        for s in res.get("scores", []):
+            if s.get("majority_baseline") is not None and s["run"] in q["runs"]:
+                by_task.setdefault(s["task"], []).append(s["majority_baseline"])
+        if base and set(by_task) == set(res["tasks"]):
+            majority_line(axes[1], sum(sum(v) / len(v) for v in by_task.values()) / len(by_task), values,
+                          label="majority-class baseline (mean)")
+        axes[1].plot([], [], color="#999999", alpha=0.3, lw=6, label="band: range over seeds")
         titles = {"a_s": "effective soft weight a_s", "ema": "running hard loss (EMA), same tokens",
                   "gate": "new layers' gate m (0: identity)"}
-        axes[0].set(title="held-out MLM loss (dashed: compared runs)", xlabel="step", ylabel="nats")
+        ylabels = {"a_s": "a_s", "ema": "nats", "gate": "m"}
+        axes[0].set(title="held-out MLM loss (solid: the arms; dashed: compared runs)", xlabel="step", ylabel="nats")
         axes[1].set(title=f"mean score over {', '.join(t.upper() for t in res['tasks'])}",
-                    xlabel="fraction of pre-training", xticks=res["fractions"])
+                    xlabel="fraction of pre-training", xticks=res["fractions"], ylabel="validation score")
         for ax, what in zip(axes[2:], extra):
-            ax.set(title=titles[what], xlabel="step")
-            if ax.has_data():
-                ax.legend(fontsize=7)
+            ax.set(title=titles[what], xlabel="step", ylabel=ylabels[what])
         for ax in axes:
             ax.title.set_fontsize(9)
-        axes[1].legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:
+                legend_outside(ax)
         last = max(res["fractions"])
         at_end = [c for c in res["questions"][question]["comparisons"] if c["fraction"] == last]
-        fig.suptitle(f"{TITLES[question]} ({res['provenance']['profile']} profile; {len(res['seeds'])} fine-tuning "
-                     f"seed(s))\n{sum(c['resolved'] for c in at_end)} of {len(at_end)} differences at the end "
+        fig.suptitle(f"{TITLES[question]} ({res['provenance']['profile']} profile; "
+                     f"{seed_design(res, [n for n in q['runs'] if n in res['runs']])})\n"
+                     f"{sum(c['resolved'] for c in at_end)} of {len(at_end)} differences at the end "
                      f"resolved (> 2 SE)", fontsize=10)
         save(fig, result_path, f"06_{question}")
     return fig
