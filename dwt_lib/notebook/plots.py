@@ -99,9 +99,10 @@ def identical(curves: dict[str, list], ids: dict[str, str] | None = None) -> dic
     return out
 
 
-def same_label(label: str, run: str, same: dict[str, str], what: str = "curve") -> str:
-    """``label``, with "(same run as X)" / "(curve identical to X's)" where :func:`identical` found one."""
-    return f"{label} ({what} identical to {same[run]}'s)" if run in same else label
+def same_label(label: str, run: str, same: dict[str, str], what: str = "curve", names=None) -> str:
+    """``label``, with "(curve identical to X's)" where :func:`identical` found one; X is the other run's
+    legend name (``names``, default its run name)."""
+    return f"{label} ({what} identical to {(names or {}).get(same[run], same[run])}'s)" if run in same else label
 
 
 def seed_design(res: dict, runs=None) -> str:
@@ -356,7 +357,7 @@ def over_training(result_path: Path, name: str):
     st = run_styles(res["runs"])
     with style():
         # constrained layout keeps the figure title clear of the panel titles, and the legends clear of the panels
-        fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.4), squeeze=False,
+        fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks) + 2.4, 3.4), squeeze=False,
                                  layout="constrained")
         for ax, task in zip(axes[0], tasks):
             ax.set_title(task.upper())
@@ -391,7 +392,7 @@ def over_training(result_path: Path, name: str):
                 x, m, lo, hi = zip(*pts)
                 c, mk = st[run]["color"], st[run]["marker"]
                 ax.plot(x, m, marker=mk, color=c, ls="--" if run in same else "-",
-                        label=same_label(_label(run, res), run, same, "scores"))
+                        label=same_label(_label(run, res), run, same, "scores", {n: _label(n, res) for n in curves}))
                 ax.fill_between(x, lo, hi, color=c, alpha=0.15, lw=0)
             majority_line(ax, b, values)
             ax.plot([], [], color="#999999", alpha=0.3, lw=6, label="band: range over seeds")
@@ -422,7 +423,7 @@ def loss_curves(result_path: Path, name: str):
                 c, mk, label = st[run]["color"], st[run]["marker"], _label(run, res)
                 ax.plot([r["step"] for r in log], [r[key] for r in log], color=c, marker=mk, ms=4,
                         markevery=max(1, len(log) // 8), ls="--" if run in same else "-",
-                        label=same_label(label, run, same))
+                        label=same_label(label, run, same, names={n: _label(n, res) for n in logs}))
                 ev = [(r["step"], r["eval_mlm_loss"]) for r in log if "eval_mlm_loss" in r]
                 if key == "hard" and ev:
                     ax.plot(*zip(*ev), color=c, ls=":", marker=".", alpha=0.8)
