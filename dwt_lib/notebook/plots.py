@@ -205,7 +205,8 @@ def teacher_quality(result_path: Path):
                         label=label)
             if kind == "teacher":       # above-left: the arrow leaves to the right
                 ax.annotate(name[8:], (r["params"] / 1e6, r["glue_avg"]), textcoords="offset points",
-                            xytext=(-7, 7), ha="right", va="bottom", fontsize=8, color="#444444")
+                            xytext=(-7, 7), ha="right", va="bottom", fontsize=8, color="#444444", zorder=4,
+                            bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none", alpha=0.85))  # over arrows
         for role in res["roles"]:
             t, s = runs[f"teacher-{role}"], runs[f"dwt-{role}"]
             ax.annotate("", xy=(px[f"dwt-{role}"], s["glue_avg"]), xytext=(px[f"teacher-{role}"], t["glue_avg"]),
