@@ -191,7 +191,8 @@ def teacher_quality(result_path: Path):
              "dwt": ("s", "students with DWT")}
     xs = [r["params"] / 1e6 for r in runs.values()]
     span = max(xs) - min(xs) or 1.0
-    studs = sorted((n for n in runs if not n.startswith("teacher-")), key=lambda n: -runs[n]["glue_avg"])
+    studs = sorted((n for n in runs if not n.startswith("teacher-") and n != NO_PRETRAINING),
+                   key=lambda n: -runs[n]["glue_avg"])
     # the students share one x: side by side (dodged), so that their error bars do not hide each other
     px = {n: r["params"] / 1e6 for n, r in runs.items()}
     px.update({n: px[n] + (i - (len(studs) - 1) / 2) * 0.035 * span for i, n in enumerate(studs)})

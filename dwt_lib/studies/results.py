@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from dwt_lib.studies import preflight, spread
+from dwt_lib.studies import preflight, reference, spread
 from dwt_lib.config.schema import Config
 from dwt_lib.data.glue import glue_average
 from dwt_lib.studies.premise import premise_check  # noqa: F401  (re-exported: the summary's first sentence)
@@ -137,6 +137,7 @@ def teacher_quality(cfg: Config, progress: bool = True) -> dict:
                    for r in seed_runs(cfg, n)},
         "size_ratio": {r: runs[f"teacher-{r}"]["params"] / runs["student"]["params"] for r in roles},
         "pretraining_gain": spread.compare(seeds("student"), seeds(NO_PRETRAINING)),
+        "reference": reference.mlm_reference(cfg),       # ln V and the unigram cross-entropy: the MLM plots' levels
         "paper": PAPER_FIG2,
         "lr_selection": lrs,
     }
@@ -362,7 +363,8 @@ def snapshot_scores(cfg: Config, names: list[str], progress: bool = True) -> dic
     lrs = selected_lrs(cfg, tasks, progress)
     scores = _task_scores(study_scores(with_lrs(cfg, lrs), all_runs, tasks, fractions, progress))
     return {"tasks": tasks, "fractions": fractions, "seeds": list(cfg.finetune.seeds), "runs": runs,
-            "scores": scores, "logs": {n: read_log(cfg, n) for n in names}, "lr_selection": lrs}
+            "scores": scores, "logs": {n: read_log(cfg, n) for n in names}, "lr_selection": lrs,
+            "reference": reference.mlm_reference(cfg)}
 
 
 def over_training(cfg: Config, study: str, progress: bool = True) -> dict:
