@@ -27,7 +27,7 @@ from dwt_lib.runs.registry import Run, outputs_dir
 from helpers import interrupt_at
 from dwt_lib.config.schedules import make_schedule
 from dwt_lib.studies.identity import _base_key, all_run_names, ensure_pretrained, named_run, study_runs
-from dwt_lib.config.arms import base_arm_names
+from dwt_lib.config.arms import NO_PRETRAINING, base_arm_names
 
 RUN = {
     "pretrain.max_steps": 4, "pretrain.batch_size_per_device": 4, "pretrain.eval_batches": 1,
@@ -82,6 +82,8 @@ def test_existing_runs_keep_their_ids(profile):
     cfg = load_params(profile)
     assert cfg.studies.beyond, "the profile has notebook 06's arms"
     for name in base_arm_names(cfg):
+        if name == NO_PRETRAINING:          # newer than notebook 06 (issue 20): its id is pinned in test_golden_ids
+            continue
         run = named_run(cfg, name)
         assert run.id == _old_key_id(cfg, name), name
         assert not {"target", "grow"} & set(run.key), name

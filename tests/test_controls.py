@@ -73,10 +73,13 @@ def _row(run, task, scores, base=50.0, fraction=1.0, pt=(42, 42, 42), ft=(1, 2, 
 
 def test_collapsed_names_the_diverged_seed_only():
     rows = [_row("soft-decay", "sst2", [77.9, 50.2, 76.6]), _row("soft-normal", "sst2", [77.0, 76.0, 78.0]),
-            _row("teacher-x", "sst2", [50.1, 50.3, 50.0])]        # all at the baseline: degenerate, not collapsed
+            _row("teacher-x", "sst2", [50.1, 50.3, 50.0]),        # all at the baseline: degenerate, not collapsed
+            _row("student", "cola", [0.0, 0.0, 4.6], base=0.0)]   # most at the baseline: one seed above it
     text = results.collapsed(rows)
-    assert "soft-decay@100% sst2 s2 (50.2 vs 76.6-77.9)" in text
-    assert "soft-normal" not in text and "teacher-x" not in text
+    assert "soft-decay@100% sst2 fine-tuning seed 2 (50.2 vs 76.6-77.9)" in text
+    assert "soft-normal" not in text and "teacher-x" not in text and "student" not in text
+    two = _row("dwt-weak", "sst2", [77.0, 50.2, 76.0, 78.0, 77.5, 76.5], pt=(42, 42, 42, 43, 43, 43), ft=(1, 2, 3) * 2)
+    assert "dwt-weak:s42@100% sst2 fine-tuning seed 2 (50.2" in results.collapsed([two])
     assert results.collapsed(rows[1:]) == ""
 
 

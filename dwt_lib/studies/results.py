@@ -264,16 +264,19 @@ def chance_check(scores: list[dict], margin: float = 2.0) -> str:
 
 def collapsed(scores: list[dict], margin: float = 2.0) -> str:
     """A sentence naming the fine-tuning runs that fell to the majority class (within 0.5 points of its baseline)
-    while the other seeds of the same model and task beat it by more than ``margin``: a diverged run, not a
-    score, that pulls its mean and inflates its standard error. Empty when there is none."""
+    while most runs of the same model and task beat it by more than ``margin``: a diverged run, not a score, that
+    pulls its mean and inflates its standard error. Where most runs sit at the baseline, none is named (that task
+    is at chance, which :func:`chance_check` says). Empty when there is none."""
     out = []
     for s in scores:
         base = s.get("majority_baseline") or 0.0
         low = [i for i, v in enumerate(s["scores"]) if v <= base + 0.5]
         rest = [v for i, v in enumerate(s["scores"]) if i not in low]
-        if low and rest and min(rest) > base + margin:
-            out += [f"{s['run']}@{s['fraction']:.0%} {s['task']} s{s['finetune_seeds'][i]} ({s['scores'][i]:.1f} vs "
-                    f"{min(rest):.1f}-{max(rest):.1f})" for i in low]
+        if low and 2 * len(low) < len(s["scores"]) and min(rest) > base + margin:
+            pts = s.get("pretrain_seeds") or [None] * len(s["scores"])
+            many = len(set(pts)) > 1
+            out += [f"{s['run']}{f':s{pts[i]}' if many else ''}@{s['fraction']:.0%} {s['task']} fine-tuning seed "
+                    f"{s['finetune_seeds'][i]} ({s['scores'][i]:.1f} vs {min(rest):.1f}-{max(rest):.1f})" for i in low]
     if len(out) > 3:                        # a summary names three; the tables hold every seed
         out = out[:3] + [f"{len(out) - 3} more"]
     return ("Majority-class collapses: " + ", ".join(out) + ".") if out else ""
