@@ -68,4 +68,5 @@ def premise_note(cfg: Config) -> str:
         why += " (one pre-training seed: no spread to compare with)"
     more = f" (+{len(bad) - 1} more gap(s))" if len(bad) > 1 else ""
     return (f"Premise check ({cfg.profile}, from results/teacher_quality.json): the paper's premise does not hold "
-            f"here, {why}{more}; read the results below with that in mind.")
+            f"here, {why}{more}; read the results below with that in mind. What was tried for this profile's recipe, "
+            f"and what each lever gave: the comments at the end of params/{cfg.profile}.yaml and the README's Results.")
