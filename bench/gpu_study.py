@@ -252,7 +252,7 @@ def main(argv=None) -> int:
     # The plan again, with measured speeds: each run's tokens at its kind's tokens/s.
     pre_s = 0.0
     for row in plan["rows"]:
-        if "same_as" in row:
+        if "same_as" in row or not row["tokens"]:      # random-init: no pre-training steps
             continue
         kind = row["run"] if row["run"].startswith(("teacher-", "student")) else "dwt-" + row["teacher"][8:]
         pre_s += row["tokens"] / res["kinds"][kind]["tokens_per_s"]

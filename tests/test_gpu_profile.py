@@ -53,7 +53,7 @@ def test_gpu_study_plan_lists_every_run(gpu):
     assert full[:len(all_run_names(gpu))] == all_run_names(gpu)
     assert len([n for n in full if n.startswith("beyond-")]) == 6
     assert all_run_names(gpu) == [
-        "teacher-weak", "teacher-very_weak", "teacher-extremely_weak", "student",
+        "teacher-weak", "teacher-very_weak", "teacher-extremely_weak", "student", "random-init",
         "dwt-weak", "dwt-very_weak", "dwt-extremely_weak", "soft-normal", "soft-strong", "soft-decay", "remap-weak"]
     assert study_runs(gpu, "param_remap") == ["remap-weak", "dwt-weak"]
     assert named_run(gpu, "soft-normal").id == named_run(gpu, "dwt-weak").id        # trained once
@@ -89,16 +89,16 @@ def test_plan_wall_time_is_flops_over_mfu_times_peak(gpu):
     assert dt["pretrain_s"] == pytest.approx(expected, rel=1e-9)
     # the profile is sized for <= 10 minutes at its stated MFU, fine-tuning included
     assert dt["total_s"] <= 10 * 60
-    # fine-tuning: teacher quality 7 models x 5 tasks x 3 seeds; soft weight 3 arms x 4 snapshots x 2 tasks
+    # fine-tuning: teacher quality 8 models (with random-init) x 5 tasks x 3 seeds; soft weight 3 arms x 4 snapshots x 2 tasks
     # x 3 seeds, less soft-normal at 100% (= dwt-weak, already fine-tuned); remap 4 x 2 x 3
     seeds, fr = len(gpu.finetune.seeds), len(gpu.pretrain.snapshot_fractions)
-    assert dt["finetune_runs"] == 7 * 5 * seeds + (3 * fr * 2 * seeds - 2 * seeds) + fr * 2 * seeds
+    assert dt["finetune_runs"] == 8 * 5 * seeds + (3 * fr * 2 * seeds - 2 * seeds) + fr * 2 * seeds
     steps = {t: math.ceil(gpu.finetune.epochs_per_task.get(t, gpu.finetune.epochs)
                           * math.ceil(min(GLUE_TRAIN[t], gpu.finetune.max_train_examples) / gpu.finetune.batch_size))
              for t in OFFLINE_TASKS}
     assert dt["finetune_steps_per_task"] == steps
     n_over = 3 * fr * seeds - seeds + fr * seeds                     # per study task (cola, sst2)
-    assert dt["finetune_steps"] == 7 * seeds * sum(steps.values()) + n_over * (steps["cola"] + steps["sst2"])
+    assert dt["finetune_steps"] == 8 * seeds * sum(steps.values()) + n_over * (steps["cola"] + steps["sst2"])
     assert dt["finetune_s"] == pytest.approx(dt["finetune_steps"] * dt["finetune_step_s"] / gpu.launch.finetune_workers)
 
 

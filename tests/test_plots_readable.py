@@ -29,6 +29,7 @@ def _copy(tmp_path, profile, study, **extra):
         pytest.skip(f"no committed {src}")
     res = json.loads(src.read_text())
     res.update(extra)
+    res = {k: v for k, v in res.items() if v is not None}      # a field given as None: left out
     p = tmp_path / profile / "results" / f"{study}.json"
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(json.dumps(res))
@@ -172,7 +173,8 @@ def test_reference_lines_appear_when_the_result_has_them(tmp_path, figures):
     for name in ("laptop premise", "06 soft_weight"):
         assert any(t.get_text().startswith("unigram") for t in dict(figures)[name].axes[0].get_legend().get_texts())
     # without the field: no reference lines
-    p = _copy(tmp_path, "laptop", "soft_weight")
+    p = _copy(tmp_path, "laptop", "soft_weight", reference=None)
+    assert "reference" not in json.loads(p.read_text())
     fig = plots.loss_curves(p, "x")
     assert not [ln for ln in fig.axes[0].lines if ln.get_label().startswith(("ln V", "unigram"))]
 
