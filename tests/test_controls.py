@@ -12,6 +12,7 @@ from dwt_lib.config.tasks import average_tasks
 from dwt_lib.studies import beyond, identity, results
 from dwt_lib.studies.plan import make_plan
 from dwt_lib.studies.premise import premise_check
+from dwt_lib.studies.text import prose_words
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = {"pretrain.max_steps": 4, "pretrain.log_every": 2, "pretrain.eval_every": 4, "pretrain.checkpoint_every": 4,
@@ -127,8 +128,16 @@ def test_generated_summaries_are_a_headline_a_table_and_at_most_80_words(path):
     for text in texts:
         assert text.startswith("**"), text[:80]                   # the headline, in bold
         assert "\n| " in text and "|---|" in text                    # a table
-        assert results.prose_words(text) <= 80, (results.prose_words(text), text)
+        assert prose_words(text) <= 80, (prose_words(text), text)
 
 
 def test_prose_words_counts_outside_tables():
-    assert results.prose_words("**a b c.**\n\n| x y | z |\n|---|---|\n| 1 2 3 | 4 |\n\nd e") == 5
+    assert prose_words("**a b c.**\n\n| x y | z |\n|---|---|\n| 1 2 3 | 4 |\n\nd e") == 5
+
+
+def test_random_init_model_is_checked_once():
+    from dwt_lib.runs.registry import model_folders
+    res = {"snapshots": {"0.50": "model", "1.00": "model"}}
+    assert model_folders(Path("/nonexistent"), res) == ["model"]
+    assert model_folders(Path("/x"), {"snapshots": {"0.50": "snapshots/frac-0.50", "1.00": "snapshots/frac-1.00"}}) \
+        == ["model", "snapshots/frac-0.50", "snapshots/frac-1.00"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 
 import matplotlib
 import numpy as np
@@ -17,6 +16,7 @@ matplotlib.use("Agg")
 
 from dwt_lib.core.paths import REPO  # noqa: E402
 from dwt_lib.notebook import plots  # noqa: E402
+from dwt_lib.studies.results import seed_design  # noqa: E402
 
 RESULTS = REPO / "outputs"
 REF = {"ln_vocab": math.log(261), "unigram_ce": 3.16, "vocab_size": 261, "how": "test"}       # laptop's (bytes)
@@ -102,10 +102,10 @@ def test_no_legend_covers_data_or_another_panel(figures):
 
 def test_titles_state_the_seed_design(figures):
     res = json.loads((RESULTS / "laptop" / "results" / "teacher_quality.json").read_text())
-    assert plots.seed_design(res) == ("3 fine-tuning seeds × pre-training seeds: 2 for dwt-weak, student; "
+    assert seed_design(res) == ("3 fine-tuning seeds × pre-training seeds: 2 for dwt-weak, student; "
                                       "1 for the others")
-    assert plots.seed_design(res, ["dwt-weak", "student"]) == "3 fine-tuning × 2 pre-training seeds"
-    assert plots.seed_design({"seeds": [1], "runs": {"a": {"pretrain_seeds": [42]}}}) == \
+    assert seed_design(res, ["dwt-weak", "student"]) == "3 fine-tuning × 2 pre-training seeds"
+    assert seed_design({"seeds": [1], "runs": {"a": {"pretrain_seeds": [42]}}}) == \
         "3 fine-tuning × 1 pre-training seed".replace("3", "1")
     for name, fig in figures:
         title = (fig._suptitle.get_text() if fig._suptitle else "") + fig.axes[0].get_title()

@@ -11,7 +11,7 @@ from dwt_lib.core.errors import ConfigError
 from dwt_lib.config.load import load_params
 from dwt_lib.studies.plan import make_plan
 from dwt_lib.studies.premise import premise, premise_check
-from dwt_lib.studies.results import prose_words
+from dwt_lib.studies.text import prose_words
 
 SEEDS = {"studies.pretrain_seeds": {"student": [42, 43], "dwt-weak": [42, 43]}}
 

@@ -6,6 +6,8 @@ paper's reported values come from the result file too, where they are labelled a
 """
 from __future__ import annotations
 
+import textwrap
+
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from dwt_lib.runs.registry import read_json, read_log
 from dwt_lib.config.arms import NO_PRETRAINING, split_seed
 from dwt_lib.studies.beyond import TITLES
 from dwt_lib.studies.premise import premise, TREND_FROM
-from dwt_lib.studies.results import baseline_tasks, over_training_comparisons
+from dwt_lib.studies.results import baseline_tasks, over_training_comparisons, seed_design
 
 COLORS = {"teacher": "#4C72B0", "student": "#C44E52", "dwt": "#55A868", "soft-normal": "#55A868",
           "soft-strong": "#DD8452", "soft-decay": "#8172B3", "remap": "#937860"}
@@ -105,27 +107,17 @@ def same_label(label: str, run: str, same: dict[str, str], what: str = "curve", 
     return f"{label} ({what} identical to {(names or {}).get(same[run], same[run])}'s)" if run in same else label
 
 
-def seed_design(res: dict, runs=None) -> str:
-    """The seeds behind the scores, from the result file: "3 fine-tuning × 2 pre-training seeds", or, where
-    arms differ, "3 fine-tuning seeds × pre-training seeds: 2 for student, dwt-weak; 1 for the others"."""
-    runs = list(runs if runs is not None else res["runs"])
-    by = res.get("pretrain_seeds") if isinstance(res.get("pretrain_seeds"), dict) else {}
-    n_pt = {n: len(by.get(n) or (res["runs"].get(n) or {}).get("pretrain_seeds") or [None]) for n in runs}
-    n_ft = len(res.get("seeds") or [None])
-    counts = sorted(set(n_pt.values()), reverse=True)
-    if len(counts) <= 1:
-        k = counts[0] if counts else 1
-        return f"{n_ft} fine-tuning × {k} pre-training seed{'s' * (k > 1)}"
-    parts = [f"{k} for {', '.join(n for n in runs if n_pt[n] == k)}" for k in counts[:-1]]
-    return f"{n_ft} fine-tuning seeds × pre-training seeds: " + "; ".join(parts) + f"; {counts[-1]} for the others"
 
 
-def legend_outside(ax, **kw):
+def legend_outside(ax, width: int = 36, **kw):
     """The axes' legend to its right, outside the data (constrained layout, or ``bbox_inches="tight"``
-    on saving, makes room for it)."""
+    on saving, makes room for it); labels wrapped at ``width`` characters, so one long label does not squeeze
+    the panels."""
     kw = {"fontsize": 7, "loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "borderaxespad": 0.0,
           "frameon": False, **kw}
-    return ax.legend(**kw)
+    handles, labels = ax.get_legend_handles_labels()
+    handles, labels = kw.pop("handles", handles), kw.pop("labels", labels)
+    return ax.legend(handles, [textwrap.fill(t, width) for t in labels], **kw)
 
 
 def reference_lines(ax, res: dict | None) -> None:
@@ -268,7 +260,6 @@ def premise_curves(result_path: Path):
     for run in res.get("curves", {}):
         arm, _ = split_seed(run)
         n_seeds[arm] = n_seeds.get(arm, 0) + 1
-    pl = lambda k: f"{k} pre-training seed{'s' * (k > 1)}"  # noqa: E731
     with style():
         fig, axes = plt.subplots(1, 3, figsize=(16, 4.4), layout="constrained")
         by_arm = {}
@@ -354,8 +345,8 @@ def _premise_gaps(ax, p: dict, colour: dict) -> None:
 def over_training(result_path: Path, name: str):
     """Fig. 3 / 4: per-task fine-tuning score at each pre-training snapshot, one panel per task,
     mean over seeds with the range over every (pre-training, fine-tuning) seed pair shaded, and the task's
-    majority-class baseline where the scores approach it. A task on which no model beats that baseline
-    gets a panel that says so (and the baseline) instead of flat lines."""
+    majority-class baseline where the scores approach it. A task on which no model beats that baseline by 2
+    points says so in its panel, above the scores it draws."""
     res = read_json(result_path)
     tasks = res["tasks"]
     dead = set(baseline_tasks(res["scores"]))
@@ -372,19 +363,11 @@ def over_training(result_path: Path, name: str):
             rows = [s for s in res["scores"] if s["task"] == task]
             base = [s["majority_baseline"] for s in rows if s.get("majority_baseline") is not None]
             b = sum(base) / len(base) if base else None
-            if task in dead:
-                b = b or 0.0
-                ax.axhline(b, color="#888888", ls=(0, (4, 2)), lw=1, label=f"majority-class baseline {b:.1f}")
-                ax.set_xlim(min(res["fractions"]) - 0.1, max(res["fractions"]) + 0.1)
-                ax.set_ylim(b - 10, b + 10)
-                ax.set_yticks([b])
-                # above the dashed line, not on it
-                ax.text(0.5, 0.8, f"every model at the majority-class\nbaseline ({b:.1f}, dashed):\n"
-                        f"no transfer to compare on {task.upper()}", transform=ax.transAxes, ha="center",
-                        va="center", fontsize=8, color="#444444",
+            if task in dead:            # the scores are still drawn: the box says why they are flat
+                ax.text(0.5, 0.97, f"every model within 2 points of the majority-class\nbaseline ({b or 0.0:.1f}, "
+                        f"dashed): no transfer to compare on {task.upper()}", transform=ax.transAxes, ha="center",
+                        va="top", fontsize=8, color="#444444",
                         bbox=dict(boxstyle="round,pad=0.4", fc="#f4f4f4", ec="#cccccc"))
-                legend_outside(ax)
-                continue
             curves, values = {}, []
             for run in res["runs"]:
                 pts = sorted((s["fraction"], s["mean"], min(s["scores"]), max(s["scores"]))

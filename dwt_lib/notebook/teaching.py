@@ -17,6 +17,7 @@ from __future__ import annotations
 import html
 
 from ..config import Config
+from ..core.paths import PARAMS_DIR
 from ..runs.registry import read_json_or_none
 from ..studies.premise import premise
 from ..studies.results import result_path
@@ -67,6 +68,9 @@ def premise_note(cfg: Config) -> str:
     if g["gap"] > 0 and p["required_gap"] != p["required_gap"]:
         why += " (one pre-training seed: no spread to compare with)"
     more = f" (+{len(bad) - 1} more gap(s))" if len(bad) > 1 else ""
+    src = PARAMS_DIR / f"{cfg.profile}.yaml"
+    probed = src.is_file() and "probe" in src.read_text(encoding="utf-8").lower()   # the profile lists its probes
     return (f"Premise check ({cfg.profile}, from results/teacher_quality.json): the paper's premise does not hold "
-            f"here, {why}{more}; read the results below with that in mind. What was tried for this profile's recipe, "
-            f"and what each lever gave: the comments at the end of params/{cfg.profile}.yaml and the README's Results.")
+            f"here, {why}{more}; read the results below with that in mind."
+            + (f" What was tried for this profile's recipe, and what each lever gave: the comments in "
+               f"params/{cfg.profile}.yaml and the README's Results." if probed else ""))

@@ -50,7 +50,9 @@ def model_folders(run_dir: Path, res: dict) -> list[str]:
     read-only mode an exported run (``export.json``, written by ``dwt export``) keeps only some of them, and only
     those are checked; otherwise every folder is (a run of an ordinary registry has no such record, and one copied
     there from an export is restored as a run with a deleted model is)."""
-    folders = ["model"] + sorted(v for v in (res.get("snapshots") or {}).values() if isinstance(v, str))
+    # dict.fromkeys: a run with no training steps (random-init) names "model" as every snapshot: checked once
+    folders = list(dict.fromkeys(["model"] + sorted(v for v in (res.get("snapshots") or {}).values()
+                                                    if isinstance(v, str))))
     if not readonly.enabled():
         return folders
     kept = read_json_or_none(Path(run_dir) / readonly.RUN_RECORD, log=lambda s: None)

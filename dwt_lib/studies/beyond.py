@@ -10,8 +10,8 @@ from __future__ import annotations
 from dwt_lib.studies import spread
 from dwt_lib.config.arms import QUESTIONS, run_name
 from dwt_lib.config.schema import Config
-from dwt_lib.studies.results import (_arm_seed_averages, _short_chance, collapsed, md_table, result_path, se_text,
-                                     snapshot_scores)
+from dwt_lib.studies.results import _arm_seed_averages, chance_check, collapsed, result_path, snapshot_scores
+from dwt_lib.studies.text import md_table
 from dwt_lib.runs.registry import read_json_or_none, write_result
 from dwt_lib.studies.identity import ensure_pretrained, named_run, study_runs
 
@@ -120,11 +120,11 @@ def summary(res: dict, question: str) -> str:
     table = md_table([design, f"at {first:.0%}", f"at {last:.0%}", "± SE (larger)", "resolved", "final MLM loss",
                       "pre-training seeds"],
                      [[f"{c['a']} − {c['b']}", f"{early[(c['a'], c['b'])]['diff'] + 0.0:+.2f}" if first != last else "",
-                       f"{c['diff'] + 0.0:+.2f}", se_text(c), "yes" if c["resolved"] else "no",
+                       f"{c['diff'] + 0.0:+.2f}", spread.se_text(c), "yes" if c["resolved"] else "no",
                        f"{loss[c['a']]:.3f} / {loss[c['b']]:.3f}", f"{n_pt[c['a']]} / {n_pt[c['b']]}"]
                       for c in at(last)])
     mine = [s for s in res["scores"] if s["run"] in q["runs"]]
-    tail = _specific(res, question, q, last) + [collapsed(mine), _short_chance(mine)]
+    tail = _specific(res, question, q, last) + [collapsed(mine), chance_check(mine)]
     return head + "\n\n" + table + "\n\n" + " ".join(t for t in tail if t)
 
 

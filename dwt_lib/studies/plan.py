@@ -45,7 +45,6 @@ def make_plan(cfg: Config) -> dict:
     n_blocks, source = _blocks(cfg)
     world = cfg.launch.num_processes
     steps = total_steps(cfg, n_blocks, world)
-    seqs = steps * global_batch(cfg, world)
     L = cfg.data.max_seq_length
     masked = cfg.data.mlm_probability * (L - 2)
     soft_tokens = (L - 2) if cfg.distill.soft_loss_positions == "all" else masked

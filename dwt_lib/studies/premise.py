@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dwt_lib.config.arms import split_seed
+from dwt_lib.studies.text import md_table
 
 MIN_GAP_NATS = 0.05
 SPREAD_FACTOR = 2.0
@@ -152,8 +153,7 @@ def premise_check(res: dict) -> str:
     if short:
         header.append("trend of a short gap (extrapolated)")
         rows = [r + [_budget_words(g["trend"]) if g and not g["ok"] else ""] for r, g in zip(rows, [None] + p["gaps"])]
-    lines = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                      + ["| " + " | ".join(r) + " |" for r in rows])
+    lines = md_table(header, rows)
     tail = (f"Student masked-token accuracy {p['accuracy']:.1%} ({'at or above' if p['accuracy_ok'] else 'below'} the "
             f"{ACCURACY_AIM:.0%} aim).")
     if short:

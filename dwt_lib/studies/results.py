@@ -19,6 +19,7 @@ from dwt_lib.runs.registry import read_log as read_log_file
 from dwt_lib.studies.identity import (ensure_pretrained, named_run, pretrain_seed, seed_runs, selected_lrs, study_runs, study_scores, with_lrs)
 from dwt_lib.config.arms import NO_PRETRAINING, split_seed
 from dwt_lib.config.tasks import average_tasks
+from dwt_lib.studies.text import md_table
 
 # A layer index in a state-dict name of either architecture (bert.encoder.layer.3. / model.layers.3.).
 _LAYER_INDEX = re.compile(r"(?:encoder\.layer|layers)\.(\d+)\.")
@@ -56,6 +57,19 @@ def _arm_summary(cfg: Config, name: str) -> dict:
         out.update({k: sum(vals) / len(vals), f"{k}_seeds": vals, f"{k}_spread": spread.seed_spread(vals)})
     return out
 
+def seed_design(res: dict, runs=None) -> str:
+    """The seeds behind the scores, from the result file: "3 fine-tuning × 2 pre-training seeds", or, where
+    arms differ, "3 fine-tuning seeds × pre-training seeds: 2 for student, dwt-weak; 1 for the others"."""
+    runs = list(runs if runs is not None else res["runs"])
+    by = res.get("pretrain_seeds") if isinstance(res.get("pretrain_seeds"), dict) else {}
+    n_pt = {n: len(by.get(n) or (res["runs"].get(n) or {}).get("pretrain_seeds") or [None]) for n in runs}
+    n_ft = len(res.get("seeds") or [None])
+    counts = sorted(set(n_pt.values()), reverse=True)
+    if len(counts) <= 1:
+        k = counts[0] if counts else 1
+        return f"{n_ft} fine-tuning × {k} pre-training seed{'s' * (k > 1)}"
+    parts = [f"{k} for {', '.join(n for n in runs if n_pt[n] == k)}" for k in counts[:-1]]
+    return f"{n_ft} fine-tuning seeds × pre-training seeds: " + "; ".join(parts) + f"; {counts[-1]} for the others"
 
 def _task_scores(ft: list[dict]) -> list[dict]:
     """Per (arm, fraction, task): the mean over every (pre-training, fine-tuning) seed pair; ``std`` over
@@ -168,7 +182,7 @@ def selection_bias(res: dict) -> dict:
         without = spread.compare(avg(rest, f"dwt-{r}"), avg(rest, "student"))["diff"]
         gains[r] = {"all_seeds": res["dwt_gain"][r], "without_selection_seed": without,
                     "shift": without - res["dwt_gain"][r]}
-    per_seed = dict(zip(seeds, avg(res["scores"], "student")[0]))
+    per_seed = dict(zip(sorted(seeds), avg(res["scores"], "student")[0]))    # seed_matrix's column order
     others = [v for f, v in per_seed.items() if f != seed]
     return {"seed": seed, "tasks": sorted(sel), "gains": gains, "student_selection_seed": per_seed[seed],
             "student_other_seeds": sum(others) / len(others)}
@@ -184,7 +198,7 @@ def task_differences(res: dict, pairs: list[tuple[str, str]], fraction: float = 
 
     def cell(sa, sb):
         c = spread.compare(sa, sb)
-        return f"{c['diff'] + 0.0:+.2f} ± {se_text(c)}" + (" *" if c["resolved"] else "")
+        return f"{c['diff'] + 0.0:+.2f} ± {spread.se_text(c)}" + (" *" if c["resolved"] else "")
     for t in list(res["tasks"]) + ["average"]:
         tasks = avg_tasks if t == "average" else [t]
         label = (f"average ({', '.join(avg_tasks)})" if t == "average"
@@ -195,25 +209,12 @@ def task_differences(res: dict, pairs: list[tuple[str, str]], fraction: float = 
     return pd.DataFrame(rows).set_index("task")
 
 
-def md_table(header: list[str], rows: list[list]) -> str:
-    """A Markdown table."""
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                     + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
 
 
-def prose_words(markdown: str) -> int:
-    """Words of a summary outside its tables (the ~80-word budget of a generated summary)."""
-    return sum(len(line.split()) for line in markdown.splitlines() if not line.lstrip().startswith("|"))
 
 
-def _larger_se(c: dict) -> float:
-    return max(c["se_finetune"], c["se_pretrain"]) if c["se_pretrain"] == c["se_pretrain"] else c["se_finetune"]
 
 
-def se_text(c: dict) -> str:
-    """The larger standard error of a comparison for a table cell; ``n/a`` with one seed (no spread to measure)."""
-    se = _larger_se(c)
-    return "n/a" if se != se else f"{se:.2f}"
 
 
 def teacher_quality_table(res: dict):
@@ -249,17 +250,6 @@ def baseline_tasks(scores: list[dict], margin: float = 2.0) -> list[str]:
             if all(s["mean"] <= (s.get("majority_baseline") or 0.0) + margin for s in scores if s["task"] == t)]
 
 
-def chance_check(scores: list[dict], margin: float = 2.0) -> str:
-    """A sentence on which tasks no run beats the majority-class baseline (chance) by ``margin`` points:
-    differences there are differences between degenerate classifiers, not transfer."""
-    tasks = sorted({s["task"] for s in scores})
-    dead = baseline_tasks(scores, margin)
-    if not dead:
-        return "Every task has a model above its majority-class baseline."
-    return (f"On {', '.join(dead)} ({len(dead)} of {len(tasks)} tasks) no model beats the majority-class baseline "
-            f"(constant prediction; 0 for correlations) by {margin:g} points, so differences there are not transfer "
-            f"but noise between near-constant classifiers" + (": this run cannot test the paper's claim." if
-                                                                 len(dead) * 2 >= len(tasks) else "."))
 
 
 def collapsed(scores: list[dict], margin: float = 2.0) -> str:
@@ -282,7 +272,9 @@ def collapsed(scores: list[dict], margin: float = 2.0) -> str:
     return ("Majority-class collapses: " + ", ".join(out) + ".") if out else ""
 
 
-def _short_chance(scores: list[dict], margin: float = 2.0) -> str:
+def chance_check(scores: list[dict], margin: float = 2.0) -> str:
+    """A sentence naming the tasks on which no model beats the majority-class baseline (chance; 0 for
+    correlations) by ``margin`` points; empty when every task has one."""
     dead = baseline_tasks(scores, margin)
     return (f"No model beats the majority-class baseline by {margin:g} points on {', '.join(dead)}: differences "
             f"there are noise." if dead else "")
@@ -302,14 +294,13 @@ def teacher_quality_summary(res: dict) -> str:
             f"{len(roles)} with the paper's sign, {sum(same[r] and cmp[r]['resolved'] for r in roles)} of those "
             f"resolved.**")
     avg, other = res.get("average_tasks") or res["tasks"], res.get("other_tasks") or []
-    n_pt = len(res["runs"]["student"].get("pretrain_seeds", [None]))
-    design = (f"teacher ({len(res['seeds'])} fine-tuning x {n_pt} pre-training seeds; GLUE average of {', '.join(avg)}"
+    design = (f"teacher ({seed_design(res)}; GLUE average of {', '.join(avg)}"
               + (f", the paper's set: {', '.join(other)} per task only" if other else "") + ")")
     sb = res.get("selection_bias") or {}
     header = [design, "size", "teacher − student", "DWT − student", "± SE (larger)", "resolved", "paper"]
     header += [f"DWT − student without seed {sb['seed']} (the lr-selection seed)"] if sb else []
     table = md_table(header, [[r.replace("_", " "), f"{res['size_ratio'][r]:.2f}x", f"{res['teacher_gap'][r]:+.2f}",
-                               f"{cmp[r]['diff']:+.2f}", se_text(cmp[r]), "yes" if cmp[r]["resolved"] else "no",
+                               f"{cmp[r]['diff']:+.2f}", spread.se_text(cmp[r]), "yes" if cmp[r]["resolved"] else "no",
                                f"{res['paper']['dwt_gain'][r]:+.2f}"]
                               + ([f"{sb['gains'][r]['without_selection_seed']:+.2f}"] if sb else []) for r in roles])
     notes = []
@@ -325,7 +316,7 @@ def teacher_quality_summary(res: dict) -> str:
                      f"lead over the {smallest} teacher {e['lead_over_smallest_teacher']:+.2f} "
                      f"({'resolved' if e['compare']['resolved'] else 'not resolved'}).")
     else:
-        notes.append(_short_chance([s for s in res["scores"] if s["task"] in avg]))
+        notes.append(chance_check([s for s in res["scores"] if s["task"] in avg]))
     notes.append(collapsed(res["scores"]))
     return head + "\n\n" + table + "\n\n" + " ".join(n for n in notes if n)
 
@@ -438,10 +429,6 @@ def over_training_comparisons(res: dict) -> list[dict]:
     return [{"a": a, "b": b, "fraction": f, **spread.compare(ps[f][a], ps[f][b])} for a, b, f in pairs]
 
 
-def said(c: dict, verdict: bool = True) -> str:
-    """A comparison ``{"a", "b", "diff", "verdict"}`` as text: ``a − b = +0.12 (verdict)``."""
-    d = c["diff"] + 0.0                      # no "-0.00"
-    return f"{c['a']} − {c['b']} = {d:+.2f}" + (f" ({c['verdict']})" if verdict else "")
 
 
 def over_training_summary(res: dict) -> str:
@@ -450,7 +437,6 @@ def over_training_summary(res: dict) -> str:
     m0, m1 = _run_means(res["scores"], first)[0], _run_means(res["scores"], last)[0]
     c = over_training_comparisons(res)
     avg = average_tasks(res["tasks"])[0]
-    n_pt = max(len(r.get("pretrain_seeds", [None])) for r in res["runs"].values())
     verdict = lambda x: "resolved" if x["resolved"] else "not resolved"  # noqa: E731
     if res["study"] == "soft_weight" and c:
         head = (f"**Strong − Normal: {c[0]['diff'] + 0.0:+.2f} at {first:.0%} of pre-training, "
@@ -470,13 +456,13 @@ def over_training_summary(res: dict) -> str:
         col = ("init", lambda n: "remapped" if n.startswith("remap-") else "random")
     else:
         head, extra, col = "", [], ("", lambda n: "")
-    table = md_table(["run", col[0], f"score at {first:.0%}", f"at {last:.0%}", "final MLM loss"],
+    table = md_table([f"run (mean over {', '.join(avg)}; {seed_design(res)})", col[0], f"score at {first:.0%}",
+                      f"at {last:.0%}", "final MLM loss"],
                      [[n, col[1](n), f"{m0[n]:.2f}", f"{m1[n]:.2f}", f"{r['mlm_loss']:.3f}"]
                       for n, r in res["runs"].items() if n in m1])
-    design = (f"Mean over {', '.join(avg)}; {len(res['seeds'])} fine-tuning x {n_pt} pre-training seeds.")
     return (head + "\n\n" + table + "\n\n"
-            + " ".join(t for t in extra + [collapsed(res["scores"]), design,
-                                           _short_chance([s for s in res["scores"] if s["task"] in avg])] if t))
+            + " ".join(t for t in extra + [collapsed(res["scores"]),
+                                           chance_check([s for s in res["scores"] if s["task"] in avg])] if t))
 
 
 def _schedule_words(spec) -> str:

@@ -98,3 +98,15 @@ def compare(a: tuple[list[float], list[float]], b: tuple[list[float], list[float
     se_pt, how = se_pretrain_diff(a[1], b[1])
     return {"diff": diff, "se_finetune": se_ft, "se_pretrain": se_pt, "se_pretrain_how": how,
             "resolved": resolved(diff, se_ft, se_pt), "verdict": verdict(diff, se_ft, se_pt, how)}
+
+
+def larger_se(c: dict) -> float:
+    """The standard error a :func:`compare` result is judged against: the larger of the two (the fine-tuning one
+    where the pre-training one is unknown)."""
+    return max(c["se_finetune"], c["se_pretrain"]) if c["se_pretrain"] == c["se_pretrain"] else c["se_finetune"]
+
+
+def se_text(c: dict) -> str:
+    """:func:`larger_se` for a table cell; ``n/a`` with one seed (no spread to measure)."""
+    se = larger_se(c)
+    return "n/a" if se != se else f"{se:.2f}"
