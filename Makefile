@@ -1,11 +1,11 @@
-# make setup | make test | make reproduce PROFILE=smoke|mini|paper | make lab [PORT=8888] | make bench
+# make setup | make test | make reproduce PROFILE=smoke|mini|paper | make nbval-readonly PROFILE=laptop|mini | make lab [PORT=8888] | make bench
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PROFILE ?= smoke
 PORT    ?= 8888
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup test reproduce lab bench clean-outputs
+.PHONY: setup test reproduce nbval-readonly lab bench clean-outputs
 
 # First use creates the venv. On a machine without CUDA, torch==2.13.0 (a CPU wheel) goes in
 # first, so `torch>=2.4` in pyproject.toml is already satisfied and pip pulls no CUDA build.
@@ -31,6 +31,14 @@ test: $(STAMP)
 
 reproduce: $(STAMP)
 	$(VENV)/bin/dwt reproduce --profile $(PROFILE)
+
+# nbval over the committed executed notebooks of PROFILE (each carries its profile in papermill's parameters
+# cell), read-only from the committed export: a copy of outputs/$(PROFILE)/registry in a throw-away outputs
+# folder, so the committed results and figures are not rewritten. No mirror or network needed.
+nbval-readonly: $(STAMP)
+	tmp=$$(mktemp -d) && mkdir -p $$tmp/$(PROFILE) && cp -r outputs/$(PROFILE)/registry $$tmp/$(PROFILE)/ && \
+	DWT_OUTPUTS_DIR=$$tmp DWT_READ_ONLY=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider \
+	  --nbval-lax outputs/$(PROFILE)/notebooks; rc=$$?; rm -rf $$tmp; exit $$rc
 
 # Registers the venv as the notebooks' kernel "dwt" (inside the venv, --sys-prefix), then JupyterLab on
 # notebooks/ at 127.0.0.1:$(PORT); the URL with its token is printed.
