@@ -3,6 +3,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PROFILE ?= smoke
 PORT    ?= 8888
+NB      ?= *
 STAMP   := $(VENV)/.installed
 
 .PHONY: setup test reproduce nbval-readonly lab bench clean-outputs
@@ -34,11 +35,12 @@ reproduce: $(STAMP)
 
 # nbval over the committed executed notebooks of PROFILE (each carries its profile in papermill's parameters
 # cell), read-only from the committed export: a copy of outputs/$(PROFILE)/registry in a throw-away outputs
-# folder, so the committed results and figures are not rewritten. No mirror or network needed.
+# folder, so the committed results and figures are not rewritten. No mirror or network needed. NB='0[1-5]'
+# picks notebooks by number.
 nbval-readonly: $(STAMP)
 	tmp=$$(mktemp -d) && mkdir -p $$tmp/$(PROFILE) && cp -r outputs/$(PROFILE)/registry $$tmp/$(PROFILE)/ && \
 	DWT_OUTPUTS_DIR=$$tmp DWT_READ_ONLY=1 HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider \
-	  --nbval-lax outputs/$(PROFILE)/notebooks; rc=$$?; rm -rf $$tmp; exit $$rc
+	  --nbval-lax outputs/$(PROFILE)/notebooks/$(NB)_*.ipynb; rc=$$?; rm -rf $$tmp; exit $$rc
 
 # Registers the venv as the notebooks' kernel "dwt" (inside the venv, --sys-prefix), then JupyterLab on
 # notebooks/ at 127.0.0.1:$(PORT); the URL with its token is printed.
