@@ -82,6 +82,8 @@ def test_collapsed_names_the_diverged_seed_only():
     two = _row("dwt-weak", "sst2", [77.0, 50.2, 76.0, 78.0, 77.5, 76.5], pt=(42, 42, 42, 43, 43, 43), ft=(1, 2, 3) * 2)
     assert "dwt-weak:s42@100% sst2 fine-tuning seed 2 (50.2" in results.collapsed([two])
     assert results.collapsed(rows[1:]) == ""
+    # a summary names the first and counts the rest
+    assert results.collapsed([rows[0], two]).endswith("(50.2 vs 76.6-77.9), 1 more.")
 
 
 def test_selection_bias_recomputes_the_gains_without_the_selection_seed():

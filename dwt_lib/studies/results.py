@@ -267,8 +267,8 @@ def collapsed(scores: list[dict], margin: float = 2.0) -> str:
             many = len(set(pts)) > 1
             out += [f"{s['run']}{f':s{pts[i]}' if many else ''}@{s['fraction']:.0%} {s['task']} fine-tuning seed "
                     f"{s['finetune_seeds'][i]} ({s['scores'][i]:.1f} vs {min(rest):.1f}-{max(rest):.1f})" for i in low]
-    if len(out) > 3:                        # a summary names three; the tables hold every seed
-        out = out[:3] + [f"{len(out) - 3} more"]
+    if len(out) > 1:                        # a summary names one (its prose stays within ~80 words); the
+        out = out[:1] + [f"{len(out) - 1} more"]   # per-seed tables hold every seed
     return ("Majority-class collapses: " + ", ".join(out) + ".") if out else ""
 
 
