@@ -107,8 +107,6 @@ def same_label(label: str, run: str, same: dict[str, str], what: str = "curve", 
     return f"{label} ({what} identical to {(names or {}).get(same[run], same[run])}'s)" if run in same else label
 
 
-
-
 def legend_outside(ax, width: int = 36, **kw):
     """The axes' legend to its right, outside the data (constrained layout, or ``bbox_inches="tight"``
     on saving, makes room for it); labels wrapped at ``width`` characters, so one long label does not squeeze

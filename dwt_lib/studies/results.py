@@ -57,6 +57,7 @@ def _arm_summary(cfg: Config, name: str) -> dict:
         out.update({k: sum(vals) / len(vals), f"{k}_seeds": vals, f"{k}_spread": spread.seed_spread(vals)})
     return out
 
+
 def seed_design(res: dict, runs=None) -> str:
     """The seeds behind the scores, from the result file: "3 fine-tuning × 2 pre-training seeds", or, where
     arms differ, "3 fine-tuning seeds × pre-training seeds: 2 for student, dwt-weak; 1 for the others"."""
@@ -209,14 +210,6 @@ def task_differences(res: dict, pairs: list[tuple[str, str]], fraction: float = 
     return pd.DataFrame(rows).set_index("task")
 
 
-
-
-
-
-
-
-
-
 def teacher_quality_table(res: dict):
     """Per-task scores (mean ± std over fine-tuning seeds) of every arm, with the GLUE average, its spread
     over fine-tuning seeds and over pre-training seeds (sample std; empty with one seed), and the paper's."""
@@ -248,8 +241,6 @@ def baseline_tasks(scores: list[dict], margin: float = 2.0) -> list[str]:
     tasks = sorted({s["task"] for s in scores})
     return [t for t in tasks
             if all(s["mean"] <= (s.get("majority_baseline") or 0.0) + margin for s in scores if s["task"] == t)]
-
-
 
 
 def collapsed(scores: list[dict], margin: float = 2.0) -> str:
@@ -427,8 +418,6 @@ def over_training_comparisons(res: dict) -> list[dict]:
         prx = next(r for r in ps[last] if not r.startswith("remap-"))
         pairs = [(prx, pro, first), (prx, pro, last)]
     return [{"a": a, "b": b, "fraction": f, **spread.compare(ps[f][a], ps[f][b])} for a, b, f in pairs]
-
-
 
 
 def over_training_summary(res: dict) -> str:
