@@ -28,10 +28,8 @@ def test_figures_after_the_first_styled_one_still_display(tmp_path):
     assert [_images(c) for c in nb.cells] == [1, 1, 1]
 
 
-# Profiles whose committed notebooks were executed after the fix, and the notebooks of them that were not
-# (mini's 06: its six arms are not yet re-trained on this code, so its committed copy predates the fix; issue 20).
+# Profiles whose committed notebooks were executed after the fix.
 CURRENT = ["laptop", "mini"]
-NOT_YET = {"mini": {"06"}}
 
 
 @pytest.mark.parametrize("profile", CURRENT)
@@ -44,8 +42,6 @@ def test_every_saved_figure_is_displayed(profile):
     for path in sorted(nb_dir.glob("*.ipynb")):
         nb = json.loads(path.read_text())
         prefix = path.name.split("_")[0]
-        if prefix in NOT_YET.get(profile, ()):
-            continue
         saved = sorted(p.stem for p in fig_dir.glob(f"{prefix}_*.png"))
         shown = sum(_images(c) for c in nb["cells"] if c["cell_type"] == "code")
         assert shown >= len(saved), f"{path.name}: {len(saved)} figures saved ({', '.join(saved)}), {shown} shown"
