@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import matplotlib
 import numpy as np
@@ -181,7 +182,14 @@ def test_reference_lines_appear_when_the_result_has_them(tmp_path, figures):
 def test_identical_curves_are_said_to_be_identical(figures):
     ax = dict(figures)["06 soft_weight"].axes[0]
     labels = [ln.get_label() for ln in ax.lines]
-    assert "beyond-aware" in labels and "soft-normal (curve identical to beyond-aware's)" in labels
+    # beyond-aware trains as soft-normal's first seed does: at mini the same curve, or (another thread count) one
+    # within a few thousandths of a nat, which the legend must say rather than let one line hide the other
+    assert "beyond-aware" in labels
+    assert any(re.fullmatch(r"soft-normal \(curve (identical to|within 0\.0\d\d nats of) beyond-aware's\)", lb)
+               for lb in labels), labels
+    assert plots.near({"a": [(1, 7.0), (2, 6.5)], "b": [(1, 7.004), (2, 6.5)], "c": [(1, 7.2), (2, 6.5)]}, 0.01) \
+        == {"b": ("a", pytest.approx(0.004))}
+    assert plots.near({"a": [(1, 7.0)], "b": [(1, 7.0)]}, 0.01, skip={"b"}) == {}
     assert plots.identical({"a": [1, 2], "b": [1, 2], "c": [1, 3]}) == {"b": "a"}
     assert plots.identical({"a": [1, 2], "b": [3, 4]}, ids={"a": "x", "b": "x"}) == {"b": "a"}
 

@@ -101,6 +101,24 @@ def identical(curves: dict[str, list], ids: dict[str, str] | None = None) -> dic
     return out
 
 
+def near(curves: dict[str, list], atol: float, skip=()) -> dict[str, tuple[str, float]]:
+    """Runs (other than ``skip``) whose curve lies within ``atol`` of an earlier run's at every point, though not
+    equal to it: ``{later run: (first run, largest difference)}``. At a panel's scale such a line hides the other,
+    so the legend says how close they are (e.g. the same recipe run with another thread count)."""
+    import numpy as np
+    out = {}
+    names = [n for n in curves if curves[n] and n not in skip]
+    for i, n in enumerate(names):
+        for m in names[:i]:
+            a, b = np.asarray(curves[n], dtype=float), np.asarray(curves[m], dtype=float)
+            if m not in out and a.shape == b.shape and np.array_equal(a[:, 0], b[:, 0]):
+                gap = float(np.max(np.abs(a[:, 1:] - b[:, 1:])))
+                if gap <= atol:
+                    out[n] = (m, gap)
+                    break
+    return out
+
+
 def same_label(label: str, run: str, same: dict[str, str], what: str = "curve", names=None) -> str:
     """``label``, with "(curve identical to X's)" where :func:`identical` found one; X is the other run's
     legend name (``names``, default its run name)."""
@@ -581,6 +599,8 @@ def beyond(result_path: Path, question: str):
     ids = {n: (res["runs"].get(n) or {}).get("id") for n in q["runs"]}
     evs = {n: [(r["step"], r["eval_mlm_loss"]) for r in log if "eval_mlm_loss" in r] for n, log in logs.items()}
     same_loss = identical(evs, ids)
+    span = [v for c in evs.values() for _, v in c]
+    close = near(evs, 0.03 * (max(span) - min(span)) if span else 0.0, skip=same_loss)   # 3%: about a marker
     same_as = identical({n: [(r["step"], r["alpha_soft"]) for r in log] for n, log in logs.items()}, ids)
     sbf = res["score_by_fraction"]
     same_score = identical({n: [(p["fraction"], p["mean"], p["lo"], p["hi"]) for p in sbf[n]] for n in q["runs"]}, ids)
@@ -596,9 +616,12 @@ def beyond(result_path: Path, question: str):
         for n in q["runs"]:
             log, c, mk = logs[n], st[n]["color"], st[n]["marker"]
             ls = "-" if n in q["arms"] else "--"
-            if evs[n]:       # an identical curve: thinner, on top, so that both show
-                axes[0].plot(*zip(*evs[n]), color=c, ls=ls, marker=mk, ms=4, lw=1 if n in same_loss else 1.6,
-                             zorder=3 if n in same_loss else 2, label=same_label(n, n, same_loss))
+            if evs[n]:       # an identical or nearly identical curve: thinner, on top, so that both show
+                on_top = n in same_loss or n in close
+                label = (f"{n} (curve within {close[n][1]:.3f} nats of {close[n][0]}'s)" if n in close
+                         else same_label(n, n, same_loss))
+                axes[0].plot(*zip(*evs[n]), color=c, ls=ls, marker=mk, ms=4, lw=1 if on_top else 1.6,
+                             zorder=3 if on_top else 2, label=label)
             pts = sbf[n]
             x = [p["fraction"] for p in pts]
             values += [v for p in pts for v in (p["lo"], p["hi"])]
