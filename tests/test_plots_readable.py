@@ -190,6 +190,10 @@ def test_identical_curves_are_said_to_be_identical(figures):
     assert plots.near({"a": [(1, 7.0), (2, 6.5)], "b": [(1, 7.004), (2, 6.5)], "c": [(1, 7.2), (2, 6.5)]}, 0.01) \
         == {"b": ("a", pytest.approx(0.004))}
     assert plots.near({"a": [(1, 7.0)], "b": [(1, 7.0)]}, 0.01, skip={"b"}) == {}
+    curves = {"a": [(1, 7.0), (2, 6.0)], "b": [(1, 7.0), (2, 6.0)], "c": [(1, 7.01), (2, 6.0)],
+              "d": [(1, 5.0), (2, 6.5)]}      # height 2.01: c lies within 3% (0.06) of a, d does not
+    assert plots.overlap_labels(curves) == {"a": ("a", False), "b": ("b (curve identical to a's)", True),
+                                            "c": ("c (curve within 0.010 nats of a's)", True), "d": ("d", False)}
     assert plots.identical({"a": [1, 2], "b": [1, 2], "c": [1, 3]}) == {"b": "a"}
     assert plots.identical({"a": [1, 2], "b": [3, 4]}, ids={"a": "x", "b": "x"}) == {"b": "a"}
 

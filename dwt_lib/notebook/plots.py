@@ -119,6 +119,17 @@ def near(curves: dict[str, list], atol: float, skip=()) -> dict[str, tuple[str, 
     return out
 
 
+def overlap_labels(curves: dict[str, list], ids: dict[str, str] | None = None, frac: float = 0.03,
+                   unit: str = "nats") -> dict[str, tuple[str, bool]]:
+    """Each run's legend label and whether its line goes thinner on top: a curve :func:`identical` to an earlier
+    one says so; one within ``frac`` of the panel's height of another (3%: about a marker) says how close."""
+    same = identical(curves, ids)
+    span = [v for c in curves.values() for _, v in c]
+    close = near(curves, frac * (max(span) - min(span)) if span else 0.0, skip=same)
+    return {n: (f"{n} (curve within {close[n][1]:.3f} {unit} of {close[n][0]}'s)" if n in close
+                else same_label(n, n, same), n in same or n in close) for n in curves}
+
+
 def same_label(label: str, run: str, same: dict[str, str], what: str = "curve", names=None) -> str:
     """``label``, with "(curve identical to X's)" where :func:`identical` found one; X is the other run's
     legend name (``names``, default its run name)."""
@@ -598,9 +609,7 @@ def beyond(result_path: Path, question: str):
     logs = {n: res["logs"].get(n, []) for n in q["runs"]}
     ids = {n: (res["runs"].get(n) or {}).get("id") for n in q["runs"]}
     evs = {n: [(r["step"], r["eval_mlm_loss"]) for r in log if "eval_mlm_loss" in r] for n, log in logs.items()}
-    same_loss = identical(evs, ids)
-    span = [v for c in evs.values() for _, v in c]
-    close = near(evs, 0.03 * (max(span) - min(span)) if span else 0.0, skip=same_loss)   # 3%: about a marker
+    loss_labels = overlap_labels(evs, ids)
     same_as = identical({n: [(r["step"], r["alpha_soft"]) for r in log] for n, log in logs.items()}, ids)
     sbf = res["score_by_fraction"]
     same_score = identical({n: [(p["fraction"], p["mean"], p["lo"], p["hi"]) for p in sbf[n]] for n in q["runs"]}, ids)
@@ -617,9 +626,7 @@ def beyond(result_path: Path, question: str):
             log, c, mk = logs[n], st[n]["color"], st[n]["marker"]
             ls = "-" if n in q["arms"] else "--"
             if evs[n]:       # an identical or nearly identical curve: thinner, on top, so that both show
-                on_top = n in same_loss or n in close
-                label = (f"{n} (curve within {close[n][1]:.3f} nats of {close[n][0]}'s)" if n in close
-                         else same_label(n, n, same_loss))
+                label, on_top = loss_labels[n]
                 axes[0].plot(*zip(*evs[n]), color=c, ls=ls, marker=mk, ms=4, lw=1 if on_top else 1.6,
                              zorder=3 if on_top else 2, label=label)
             pts = sbf[n]
@@ -642,15 +649,9 @@ def beyond(result_path: Path, question: str):
                             marker=mk, ms=4, markevery=max(1, len(log) // 8), label=n)
                     ax.set_ylim(-0.05, 1.05)
         reference_lines(axes[0], res)
-        base = [s["majority_baseline"] for s in res.get("scores", []) if s.get("majority_baseline") is not None
-                and s["run"] in q["runs"]]
-        by_task = {}
-        for s in res.get("scores", []):
-            if s.get("majority_baseline") is not None and s["run"] in q["runs"]:
-                by_task.setdefault(s["task"], []).append(s["majority_baseline"])
-        if base and set(by_task) == set(res["tasks"]):
-            majority_line(axes[1], sum(sum(v) / len(v) for v in by_task.values()) / len(by_task), values,
-                          label="majority-class baseline (mean)")
+        base = majority_glue({**res, "scores": [s for s in res.get("scores", []) if s["run"] in q["runs"]]})
+        if base is not None:
+            majority_line(axes[1], base, values, label="majority-class baseline (mean)")
         axes[1].plot([], [], color="#999999", alpha=0.3, lw=6, label="band: range over seeds")
         titles = {"a_s": "effective soft weight a_s", "ema": "running hard loss (EMA), same tokens",
                   "gate": "new layers' gate m (0: identity)"}
