@@ -86,6 +86,14 @@ def run_styles(runs) -> dict[str, dict]:
 def identical(curves: dict[str, list], ids: dict[str, str] | None = None) -> dict[str, str]:
     """Runs whose curve equals an earlier run's (or whose run id does): ``{later run: first run}``.
     The figures draw both and say so in the legend, rather than one line hiding the other."""
+    return {n: m for n, (m, _) in near(curves, 0.0, ids).items()}
+
+
+def near(curves: dict[str, list], atol: float, ids: dict[str, str] | None = None) -> dict[str, tuple[str, float]]:
+    """Runs whose curve lies within ``atol`` of an earlier run's at every point (same x where the points are
+    ``(x, y, ...)`` tuples), or whose run id equals it: ``{later run: (first run, largest difference)}``, the
+    difference 0.0 for a curve equal to the other (up to float noise, 1e-9 relative) or the same run. At a
+    panel's scale a curve within a marker of another hides it, so the legend says how close they are."""
     import numpy as np
     out = {}
     names = [n for n in curves if curves[n]]
@@ -93,29 +101,17 @@ def identical(curves: dict[str, list], ids: dict[str, str] | None = None) -> dic
         for m in names[:i]:
             if m in out:
                 continue
-            same_id = ids is not None and ids.get(n) is not None and ids.get(n) == ids.get(m)
             a, b = np.asarray(curves[n], dtype=float), np.asarray(curves[m], dtype=float)
-            if same_id or (a.shape == b.shape and np.allclose(a, b, rtol=1e-9, atol=1e-12)):
-                out[n] = m
+            if ids is not None and ids.get(n) is not None and ids.get(n) == ids.get(m):
+                gap = 0.0
+            elif a.shape != b.shape or (a.ndim == 2 and not np.array_equal(a[:, 0], b[:, 0])):
+                continue
+            else:
+                ya, yb = (a[:, 1:], b[:, 1:]) if a.ndim == 2 else (a, b)
+                gap = 0.0 if np.allclose(ya, yb, rtol=1e-9, atol=1e-12) else float(np.max(np.abs(ya - yb)))
+            if gap <= atol:
+                out[n] = (m, gap)
                 break
-    return out
-
-
-def near(curves: dict[str, list], atol: float, skip=()) -> dict[str, tuple[str, float]]:
-    """Runs (other than ``skip``) whose curve lies within ``atol`` of an earlier run's at every point, though not
-    equal to it: ``{later run: (first run, largest difference)}``. At a panel's scale such a line hides the other,
-    so the legend says how close they are (e.g. the same recipe run with another thread count)."""
-    import numpy as np
-    out = {}
-    names = [n for n in curves if curves[n] and n not in skip]
-    for i, n in enumerate(names):
-        for m in names[:i]:
-            a, b = np.asarray(curves[n], dtype=float), np.asarray(curves[m], dtype=float)
-            if m not in out and a.shape == b.shape and np.array_equal(a[:, 0], b[:, 0]):
-                gap = float(np.max(np.abs(a[:, 1:] - b[:, 1:])))
-                if gap <= atol:
-                    out[n] = (m, gap)
-                    break
     return out
 
 
@@ -123,11 +119,11 @@ def overlap_labels(curves: dict[str, list], ids: dict[str, str] | None = None, f
                    unit: str = "nats") -> dict[str, tuple[str, bool]]:
     """Each run's legend label and whether its line goes thinner on top: a curve :func:`identical` to an earlier
     one says so; one within ``frac`` of the panel's height of another (3%: about a marker) says how close."""
-    same = identical(curves, ids)
     span = [v for c in curves.values() for _, v in c]
-    close = near(curves, frac * (max(span) - min(span)) if span else 0.0, skip=same)
-    return {n: (f"{n} (curve within {close[n][1]:.3f} {unit} of {close[n][0]}'s)" if n in close
-                else same_label(n, n, same), n in same or n in close) for n in curves}
+    close = near(curves, frac * (max(span) - min(span)) if span else 0.0, ids)
+    same = {n: m for n, (m, gap) in close.items() if gap == 0.0}
+    return {n: (f"{n} (curve within {close[n][1]:.3f} {unit} of {close[n][0]}'s)" if n in close and n not in same
+                else same_label(n, n, same), n in close) for n in curves}
 
 
 def same_label(label: str, run: str, same: dict[str, str], what: str = "curve", names=None) -> str:
