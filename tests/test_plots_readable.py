@@ -159,6 +159,15 @@ def test_majority_baseline_where_scores_approach_it(figures):
     far = dict(figures)["06 growth"].axes[1]              # 76-79 against 50.9: said, not drawn
     said = [ln for ln in far.lines if ln.get_label().startswith("majority-class baseline")]
     assert said and "below the axis" in said[0].get_label() and not len(said[0].get_xydata())
+    # the baseline averages the tasks the scores' GLUE average does: at mini the paper's set, RTE left out
+    mini = json.loads((RESULTS / "mini" / "results" / "teacher_quality.json").read_text())
+    assert "rte" in mini["tasks"] and "rte" not in mini["average_tasks"]
+    base = {s["task"]: s["majority_baseline"] for s in mini["scores"]}
+    assert plots.majority_glue(mini) == pytest.approx(sum(base[t] for t in mini["average_tasks"]) / 4)
+    ax = dict(figures)["mini 03"].axes[0]
+    assert ax.get_ylabel() == "GLUE average (sst2, cola, mrpc, stsb)"
+    line = [ln for ln in ax.lines if ln.get_label().startswith("majority-class baseline")]
+    assert line and f"{plots.majority_glue(mini):.1f}" in line[0].get_label()     # 31.4: said below the axis
 
 
 def test_reference_lines_appear_when_the_result_has_them(tmp_path, figures):

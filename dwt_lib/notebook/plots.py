@@ -186,12 +186,16 @@ def _glue_se(r: dict) -> float:
 
 def majority_glue(res: dict) -> float | None:
     """The GLUE average of the tasks' majority-class baselines (constant prediction; 0 for correlations),
-    from the ``majority_baseline`` of the result file's score rows; None if the file has none."""
+    from the ``majority_baseline`` of the result file's score rows, over the same tasks as the scores' GLUE
+    average (``average_tasks``: the paper's set, so RTE stays out where the paper leaves it out); None if the
+    file lacks a baseline for one of them."""
+    tasks = res.get("average_tasks") or res.get("tasks")
     by = {}
     for s in res.get("scores", []):
-        if s.get("majority_baseline") is not None and s["majority_baseline"] == s["majority_baseline"]:
+        if s.get("majority_baseline") is not None and s["majority_baseline"] == s["majority_baseline"] \
+                and (tasks is None or s["task"] in tasks):
             by.setdefault(s["task"], []).append(s["majority_baseline"])
-    if not by or set(by) != set(res.get("tasks", by)):
+    if not by or set(by) != set(tasks or by):
         return None
     return sum(sum(v) / len(v) for v in by.values()) / len(by)
 
@@ -260,7 +264,7 @@ def teacher_quality(result_path: Path):
         legend_outside(ax, handles=list(uniq.values()), labels=list(uniq.keys()), loc="lower left",
                        bbox_to_anchor=(1.03, 0.0), title="bars: ±1 SE", title_fontsize=7)
         ax.set_xlabel("parameters (M)")
-        ax.set_ylabel(f"GLUE average ({', '.join(res['tasks'])})")
+        ax.set_ylabel(f"GLUE average ({', '.join(res.get('average_tasks') or res['tasks'])})")
         n_ok = sum(bool((res.get("dwt_gain_compare", {}).get(r) or {}).get("resolved")) for r in res["roles"])
         ax.set_title(f"Teacher quality ({res['provenance']['profile']} profile; {seed_design(res)}):\nDWT gain over "
                      f"the standalone student; {n_ok} of {len(res['roles'])} resolved (> 2 SE)", fontsize=10)
